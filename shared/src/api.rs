@@ -1,0 +1,377 @@
+//! The HTTP surface shared by the functions: routes, request bodies and their
+//! validation (SPEC section 2), JSON responses and error mapping, CORS.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ACCESS_CONTROL_ALLOW_ORIGIN, CONTENT_TYPE, VARY};
+use http::{HeaderMap, Method, Response, StatusCode};
+use http_body::Frame;
+use lambda_http::Request;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::error::ApiError;
+
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub const MAX_CONTENT_CHARS: usize = 8000;
+
+/// Set by [`crate::runtime`] on a request whose base64 body did not decode (any
+/// such header from the client is removed first), so the handler can answer 400
+/// instead of the runtime panicking.
+pub const BODY_ERROR_HEADER: &str = "x-samosachaat-body-error";
+
+/// Inference parameters of a send or regenerate; `None` means the server default.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChatParams {
+    pub temperature: Option<f64>,
+    pub max_tokens: Option<u32>,
+    pub top_k: Option<u32>,
+    pub thinking_mode: bool,
+    pub force_web_search: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SendBody {
+    pub content: String,
+    pub params: ChatParams,
+}
+
+/// The request body as bytes, refusing undecodable and oversized bodies.
+pub fn body_bytes(req: &Request) -> Result<&[u8], ApiError> {
+    if req.headers().contains_key(BODY_ERROR_HEADER) {
+        return Err(ApiError::BadRequest(
+            "body: isBase64Encoded is set but the body is not valid base64".into(),
+        ));
+    }
+    let bytes: &[u8] = req.body().as_ref();
+    if bytes.len() > MAX_BODY_BYTES {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    Ok(bytes)
+}
+
+/// Parses a body that must be a JSON object; an empty body is `None`.
+pub fn json_object(bytes: &[u8]) -> Result<Option<Map<String, Value>>, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let text =
+        std::str::from_utf8(bytes).map_err(|_| ApiError::invalid("body: must be UTF-8 JSON"))?;
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => Ok(Some(map)),
+        Ok(_) => Err(ApiError::invalid("body: must be a JSON object")),
+        Err(_) => Err(ApiError::invalid("body: is not valid JSON")),
+    }
+}
+
+pub fn decode_send(bytes: &[u8]) -> Result<SendBody, ApiError> {
+    let map = json_object(bytes)?.ok_or_else(|| ApiError::invalid("content: field required"))?;
+    let content = match map.get("content") {
+        None | Some(Value::Null) => return Err(ApiError::invalid("content: field required")),
+        Some(Value::String(s)) => s,
+        Some(_) => return Err(ApiError::invalid("content: must be a string")),
+    };
+    let chars = content.chars().count();
+    if chars == 0 || chars > MAX_CONTENT_CHARS {
+        return Err(ApiError::invalid(format!(
+            "content: must be 1 to {MAX_CONTENT_CHARS} characters (got {chars})"
+        )));
+    }
+    Ok(SendBody {
+        content: content.clone(),
+        params: params_from(&map)?,
+    })
+}
+
+/// Regenerate's body: the parameters only; an empty body means all defaults.
+pub fn decode_regenerate(bytes: &[u8]) -> Result<ChatParams, ApiError> {
+    match json_object(bytes)? {
+        None => Ok(ChatParams::default()),
+        Some(map) => params_from(&map),
+    }
+}
+
+fn params_from(map: &Map<String, Value>) -> Result<ChatParams, ApiError> {
+    let temperature = match map.get("temperature") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(t) if (0.0..=2.0).contains(&t) => Some(t),
+            _ => return Err(ApiError::invalid("temperature: must be a number from 0 to 2")),
+        },
+        Some(_) => return Err(ApiError::invalid("temperature: must be a number from 0 to 2")),
+    };
+    Ok(ChatParams {
+        temperature,
+        max_tokens: int_field(map, "max_tokens", 1, 4096)?,
+        top_k: int_field(map, "top_k", 0, 200)?,
+        thinking_mode: bool_field(map, "thinking_mode")?,
+        force_web_search: bool_field(map, "force_web_search")?,
+    })
+}
+
+fn int_field(
+    map: &Map<String, Value>,
+    name: &str,
+    min: u32,
+    max: u32,
+) -> Result<Option<u32>, ApiError> {
+    match map.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .and_then(|v| u32::try_from(v).ok())
+            .filter(|v| (min..=max).contains(v))
+            .map(Some)
+            .ok_or_else(|| ApiError::invalid(format!("{name}: must be an integer from {min} to {max}"))),
+        Some(_) => Err(ApiError::invalid(format!(
+            "{name}: must be an integer from {min} to {max}"
+        ))),
+    }
+}
+
+fn bool_field(map: &Map<String, Value>, name: &str) -> Result<bool, ApiError> {
+    match map.get(name) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(ApiError::invalid(format!("{name}: must be true or false"))),
+    }
+}
+
+/// An optional string field of at most `max` characters (at least one when present).
+pub fn text_field(
+    map: &Map<String, Value>,
+    name: &str,
+    max: usize,
+) -> Result<Option<String>, ApiError> {
+    match map.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => {
+            let chars = s.chars().count();
+            if chars == 0 || chars > max {
+                Err(ApiError::invalid(format!("{name}: must be 1 to {max} characters")))
+            } else {
+                Ok(Some(s.clone()))
+            }
+        }
+        Some(_) => Err(ApiError::invalid(format!("{name}: must be a string"))),
+    }
+}
+
+/// Path segments after `/api/conversations`, or `None` for any other path. A
+/// stage prefix (API Gateway REST) before `/api` is tolerated.
+pub fn conversation_route(path: &str) -> Option<Vec<&str>> {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let at = segments
+        .windows(2)
+        .position(|w| w == ["api", "conversations"])?;
+    Some(segments[at + 2..].to_vec())
+}
+
+/// A conversation id from the path; anything that is not a UUID is simply a
+/// conversation that does not exist.
+pub fn conversation_id(segment: &str) -> Result<Uuid, ApiError> {
+    if segment.len() != 36 {
+        return Err(ApiError::NotFound);
+    }
+    Uuid::try_parse(segment).map_err(|_| ApiError::NotFound)
+}
+
+/// The route a chat function serves: `POST /api/conversations/{id}/<action>`.
+/// Returns the raw id segment; it is parsed after authentication.
+pub fn chat_route<'r>(req: &'r Request, action: &str) -> Result<&'r str, ApiError> {
+    let rest = conversation_route(req.uri().path()).ok_or(ApiError::RouteNotFound)?;
+    let [id, act] = rest.as_slice() else {
+        return Err(ApiError::RouteNotFound);
+    };
+    if *act != action {
+        return Err(ApiError::RouteNotFound);
+    }
+    if req.method() != Method::POST {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    Ok(id)
+}
+
+/// A response body that is either whole or a stream of server-sent events.
+#[derive(Debug)]
+pub enum ResponseBody {
+    Full(Option<Bytes>),
+    Stream(mpsc::UnboundedReceiver<Bytes>),
+}
+
+impl From<String> for ResponseBody {
+    fn from(s: String) -> Self {
+        ResponseBody::Full(Some(Bytes::from(s)))
+    }
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ResponseBody::Stream(rx) => rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+}
+
+pub fn json_response<B: From<String>>(status: StatusCode, value: &impl Serialize) -> Response<B> {
+    let body = serde_json::to_string(value).unwrap_or_else(|_| "{}".to_owned());
+    let mut resp = Response::new(B::from(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+pub fn error_response<B: From<String>>(err: &ApiError) -> Response<B> {
+    let mut resp = json_response(err.status(), &serde_json::json!({ "detail": err.detail() }));
+    if matches!(err, ApiError::MethodNotAllowed) {
+        resp.headers_mut()
+            .insert(http::header::ALLOW, HeaderValue::from_static("POST"));
+    }
+    resp
+}
+
+pub fn empty_response<B: From<String>>(status: StatusCode) -> Response<B> {
+    let mut resp = Response::new(B::from(String::new()));
+    *resp.status_mut() = status;
+    resp
+}
+
+/// Echoes an allowed `Origin` (API Gateway does not add CORS headers to proxy
+/// responses; Function URLs configured with CORS replace these with their own).
+pub fn apply_cors<B>(config: &Config, request: &HeaderMap, resp: &mut Response<B>) {
+    let Some(origin) = request.get(http::header::ORIGIN) else {
+        return;
+    };
+    let allowed = origin.to_str().is_ok_and(|o| {
+        config
+            .allowed_origins
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(o))
+    });
+    if allowed {
+        resp.headers_mut()
+            .insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        resp.headers_mut()
+            .append(VARY, HeaderValue::from_static("origin"));
+    }
+}
+
+/// Answers a CORS preflight.
+pub fn preflight<B: From<String>>(config: &Config, req: &Request) -> Response<B> {
+    let mut resp = empty_response(StatusCode::NO_CONTENT);
+    apply_cors(config, req.headers(), &mut resp);
+    if resp.headers().contains_key(ACCESS_CONTROL_ALLOW_ORIGIN) {
+        let h = resp.headers_mut();
+        h.insert(
+            "access-control-allow-methods",
+            HeaderValue::from_static("GET, POST, PUT, DELETE, OPTIONS"),
+        );
+        h.insert(
+            "access-control-allow-headers",
+            HeaderValue::from_static("authorization, content-type, idempotency-key"),
+        );
+        h.insert("access-control-max-age", HeaderValue::from_static("600"));
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn send_body_table() {
+        let long = "é".repeat(8000);
+        let too_long = "é".repeat(8001);
+        let ok: Vec<(String, SendBody)> = vec![
+            (r#"{"content":"hi"}"#.into(), SendBody { content: "hi".into(), params: ChatParams::default() }),
+            (
+                format!(r#"{{"content":"{long}"}}"#),
+                SendBody { content: long.clone(), params: ChatParams::default() },
+            ),
+            (
+                r#"{"content":"x","temperature":2,"max_tokens":4096,"top_k":0,"thinking_mode":true,"force_web_search":true,"extra":1}"#.into(),
+                SendBody {
+                    content: "x".into(),
+                    params: ChatParams {
+                        temperature: Some(2.0),
+                        max_tokens: Some(4096),
+                        top_k: Some(0),
+                        thinking_mode: true,
+                        force_web_search: true,
+                    },
+                },
+            ),
+            (
+                r#"{"content":"x","temperature":null,"max_tokens":null,"top_k":null,"thinking_mode":null}"#.into(),
+                SendBody { content: "x".into(), params: ChatParams::default() },
+            ),
+        ];
+        for (body, want) in ok {
+            assert_eq!(decode_send(body.as_bytes()).expect(&body), want);
+        }
+
+        let bad: Vec<(Vec<u8>, &str)> = vec![
+            (b"".to_vec(), "content"),
+            (b"{}".to_vec(), "content"),
+            (br#"{"content":""}"#.to_vec(), "content"),
+            (format!(r#"{{"content":"{too_long}"}}"#).into_bytes(), "content"),
+            (br#"{"content":5}"#.to_vec(), "content"),
+            (br#"{"content":null}"#.to_vec(), "content"),
+            (br#"[{"content":"x"}]"#.to_vec(), "body"),
+            (b"not json".to_vec(), "body"),
+            (b"\xff\xfe{}".to_vec(), "body"),
+            (br#"{"content":"x","temperature":2.01}"#.to_vec(), "temperature"),
+            (br#"{"content":"x","temperature":-0.1}"#.to_vec(), "temperature"),
+            (br#"{"content":"x","temperature":"0.5"}"#.to_vec(), "temperature"),
+            (br#"{"content":"x","max_tokens":0}"#.to_vec(), "max_tokens"),
+            (br#"{"content":"x","max_tokens":4097}"#.to_vec(), "max_tokens"),
+            (br#"{"content":"x","max_tokens":1.5}"#.to_vec(), "max_tokens"),
+            (br#"{"content":"x","max_tokens":"10"}"#.to_vec(), "max_tokens"),
+            (br#"{"content":"x","top_k":201}"#.to_vec(), "top_k"),
+            (br#"{"content":"x","top_k":-1}"#.to_vec(), "top_k"),
+            (br#"{"content":"x","thinking_mode":"yes"}"#.to_vec(), "thinking_mode"),
+            (br#"{"content":"x","force_web_search":1}"#.to_vec(), "force_web_search"),
+        ];
+        for (body, field) in bad {
+            let err = decode_send(&body).expect_err(&String::from_utf8_lossy(&body));
+            assert_eq!(err.status(), StatusCode::UNPROCESSABLE_ENTITY);
+            assert!(err.detail().starts_with(field), "{field}: {}", err.detail());
+        }
+    }
+
+    #[test]
+    fn regenerate_body_defaults_when_empty() {
+        assert_eq!(decode_regenerate(b"").expect("empty"), ChatParams::default());
+        assert_eq!(decode_regenerate(b"  \n").expect("blank"), ChatParams::default());
+        assert_eq!(decode_regenerate(b"{}").expect("object"), ChatParams::default());
+        assert!(decode_regenerate(b"null").is_err());
+        assert!(decode_regenerate(br#"{"top_k":1000}"#).is_err());
+    }
+
+    #[test]
+    fn routes() {
+        let id = "0192f0c4-8a5e-7c3a-9b1e-0d2f4c6a8e10";
+        assert_eq!(conversation_route("/api/conversations"), Some(vec![]));
+        assert_eq!(conversation_route("/prod/api/conversations/x/"), Some(vec!["x"]));
+        assert_eq!(conversation_route("/api/other"), None);
+        assert!(conversation_id(id).is_ok());
+        for bad in ["", "x", "0192f0c48a5e7c3a9b1e0d2f4c6a8e10", "{0192f0c4-8a5e-7c3a-9b1e-0d2f4c6a8e1}"] {
+            assert!(matches!(conversation_id(bad), Err(ApiError::NotFound)), "{bad}");
+        }
+    }
+}

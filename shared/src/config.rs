@@ -1,0 +1,218 @@
+//! Configuration, read once per cold start from the environment (SPEC section 7).
+//!
+//! A missing or malformed setting fails the cold start with a message naming the
+//! variable, so a bad deploy is visible in the first log line instead of as a 500
+//! on some later request.
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("configuration: {0} is required but not set")]
+    Missing(&'static str),
+    #[error("configuration: {name} is invalid: {reason}")]
+    Invalid { name: &'static str, reason: String },
+}
+
+/// Server-side defaults for the inference parameters a request leaves null.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InferenceDefaults {
+    pub temperature: f64,
+    pub max_tokens: u32,
+    pub top_k: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub table_name: String,
+    pub inference_url: String,
+    pub internal_api_key: String,
+    pub jwt_public_key_pem: String,
+    pub jwt_issuer: String,
+    pub defaults: InferenceDefaults,
+    pub max_history: usize,
+    pub max_token_budget: usize,
+    pub allowed_origins: Vec<String>,
+    /// Silence on the upstream after which the browser gets a `: ping` comment.
+    pub ping_interval: Duration,
+    /// Upper bound on one whole upstream exchange; kept below the function timeout
+    /// so a partial answer can still be stored when the upstream never ends.
+    pub inference_deadline: Duration,
+    /// Time allowed to open the upstream connection.
+    pub inference_connect_timeout: Duration,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the configuration through `lookup`, so tests need not touch the
+    /// process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &'static str| lookup(name).filter(|v| !v.trim().is_empty());
+        let required = |name: &'static str| get(name).ok_or(ConfigError::Missing(name));
+
+        let inference_url = required("INFERENCE_URL")?;
+        match reqwest::Url::parse(&inference_url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+            _ => {
+                return Err(ConfigError::Invalid {
+                    name: "INFERENCE_URL",
+                    reason: "must be an absolute http(s) URL".into(),
+                })
+            }
+        }
+        let jwt_public_key_pem = required("JWT_PUBLIC_KEY")?.replace("\\n", "\n");
+        if jsonwebtoken::DecodingKey::from_rsa_pem(jwt_public_key_pem.as_bytes()).is_err() {
+            return Err(ConfigError::Invalid {
+                name: "JWT_PUBLIC_KEY",
+                reason: "must be an RSA public key in PEM form".into(),
+            });
+        }
+
+        let temperature: f64 = parse_or("INFERENCE_DEFAULT_TEMPERATURE", get, 0.8)?;
+        if !(0.0..=2.0).contains(&temperature) {
+            return Err(invalid("INFERENCE_DEFAULT_TEMPERATURE", "must be within 0..2"));
+        }
+        let max_tokens: u32 = parse_or("INFERENCE_DEFAULT_MAX_TOKENS", get, 1024)?;
+        if !(1..=4096).contains(&max_tokens) {
+            return Err(invalid("INFERENCE_DEFAULT_MAX_TOKENS", "must be within 1..4096"));
+        }
+        let top_k: u32 = parse_or("INFERENCE_DEFAULT_TOP_K", get, 50)?;
+        if top_k > 200 {
+            return Err(invalid("INFERENCE_DEFAULT_TOP_K", "must be within 0..200"));
+        }
+        let max_history: usize = parse_or("MAX_CONVERSATION_HISTORY", get, 50)?;
+        if !(1..=1000).contains(&max_history) {
+            return Err(invalid("MAX_CONVERSATION_HISTORY", "must be within 1..1000"));
+        }
+        let max_token_budget: usize = parse_or("MAX_TOKEN_BUDGET", get, 6000)?;
+        if max_token_budget == 0 {
+            return Err(invalid("MAX_TOKEN_BUDGET", "must be positive"));
+        }
+        let ping_ms: u64 = parse_or("PING_INTERVAL_MS", get, 15_000)?;
+        if ping_ms == 0 {
+            return Err(invalid("PING_INTERVAL_MS", "must be positive"));
+        }
+        let deadline_s: u64 = parse_or("INFERENCE_DEADLINE_SECS", get, 270)?;
+        if deadline_s == 0 {
+            return Err(invalid("INFERENCE_DEADLINE_SECS", "must be positive"));
+        }
+        let connect_ms: u64 = parse_or("INFERENCE_CONNECT_TIMEOUT_MS", get, 10_000)?;
+        if connect_ms == 0 {
+            return Err(invalid("INFERENCE_CONNECT_TIMEOUT_MS", "must be positive"));
+        }
+
+        Ok(Config {
+            table_name: required("TABLE_NAME")?,
+            inference_url,
+            internal_api_key: required("INTERNAL_API_KEY")?,
+            jwt_public_key_pem,
+            jwt_issuer: get("JWT_ISSUER").unwrap_or_else(|| "samosachaat-auth".to_owned()),
+            defaults: InferenceDefaults {
+                temperature,
+                max_tokens,
+                top_k,
+            },
+            max_history,
+            max_token_budget,
+            allowed_origins: get("ALLOWED_ORIGINS")
+                .map(|v| {
+                    v.split(',')
+                        .map(|o| o.trim().trim_end_matches('/').to_owned())
+                        .filter(|o| !o.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            ping_interval: Duration::from_millis(ping_ms),
+            inference_deadline: Duration::from_secs(deadline_s),
+            inference_connect_timeout: Duration::from_millis(connect_ms),
+        })
+    }
+}
+
+fn invalid(name: &'static str, reason: &str) -> ConfigError {
+    ConfigError::Invalid {
+        name,
+        reason: reason.to_owned(),
+    }
+}
+
+fn parse_or<T: std::str::FromStr>(
+    name: &'static str,
+    get: impl Fn(&'static str) -> Option<String>,
+    default: T,
+) -> Result<T, ConfigError> {
+    match get(name) {
+        None => Ok(default),
+        Some(raw) => raw.trim().parse().map_err(|_| ConfigError::Invalid {
+            name,
+            reason: format!("cannot parse {raw:?}"),
+        }),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// A public key that only exists to satisfy the PEM check in tests.
+    pub(crate) const TEST_PUBLIC_KEY: &str = include_str!("../tests/fixtures/jwt-public.pem");
+
+    fn base() -> HashMap<&'static str, String> {
+        HashMap::from([
+            ("TABLE_NAME", "chat".to_owned()),
+            ("INFERENCE_URL", "http://127.0.0.1:8900/generate".to_owned()),
+            ("INTERNAL_API_KEY", "k".to_owned()),
+            ("JWT_PUBLIC_KEY", TEST_PUBLIC_KEY.to_owned()),
+        ])
+    }
+
+    fn load(env: &HashMap<&'static str, String>) -> Result<Config, ConfigError> {
+        Config::from_lookup(|n| env.get(n).cloned())
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = load(&base()).expect("valid config");
+        assert_eq!(c.jwt_issuer, "samosachaat-auth");
+        assert_eq!(c.defaults.max_tokens, 1024);
+        assert_eq!(c.defaults.top_k, 50);
+        assert_eq!(c.max_history, 50);
+        assert_eq!(c.max_token_budget, 6000);
+        assert_eq!(c.ping_interval, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let cases: &[(&str, Option<&str>, &str)] = &[
+            ("TABLE_NAME", None, "TABLE_NAME"),
+            ("INFERENCE_URL", Some("not a url"), "INFERENCE_URL"),
+            ("JWT_PUBLIC_KEY", Some("garbage"), "JWT_PUBLIC_KEY"),
+            ("INFERENCE_DEFAULT_TOP_K", Some("201"), "INFERENCE_DEFAULT_TOP_K"),
+            ("INFERENCE_DEFAULT_TEMPERATURE", Some("hot"), "INFERENCE_DEFAULT_TEMPERATURE"),
+            ("MAX_CONVERSATION_HISTORY", Some("0"), "MAX_CONVERSATION_HISTORY"),
+        ];
+        for (name, value, expect) in cases {
+            let mut env = base();
+            match value {
+                Some(v) => env.insert(name, (*v).to_owned()),
+                None => env.remove(name),
+            };
+            let err = load(&env).expect_err(name).to_string();
+            assert!(err.contains(expect), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn origins_are_split_and_trimmed() {
+        let mut env = base();
+        env.insert("ALLOWED_ORIGINS", "https://a.example/, https://b.example,".into());
+        let c = load(&env).expect("valid config");
+        assert_eq!(c.allowed_origins, ["https://a.example", "https://b.example"]);
+    }
+}

@@ -1,0 +1,60 @@
+//! What can go wrong in a request before its stream opens, and how each case looks
+//! to the browser: a status and a `{"detail": ...}` body (SPEC section 2).
+
+use http::StatusCode;
+use thiserror::Error;
+
+use crate::store::StoreError;
+
+#[derive(Debug, Error)]
+pub enum ApiError {
+    #[error("not authenticated")]
+    Unauthorized,
+    /// Unknown conversation, malformed id, or another user's conversation: one
+    /// answer for all three so existence never leaks.
+    #[error("conversation not found")]
+    NotFound,
+    #[error("route not found")]
+    RouteNotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("request body too large (limit 64 KiB)")]
+    PayloadTooLarge,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("storage unavailable")]
+    Store(#[from] StoreError),
+}
+
+impl ApiError {
+    pub fn invalid(detail: impl Into<String>) -> Self {
+        Self::Invalid(detail.into())
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::NotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Store(StoreError::Throttled(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `detail` the browser sees. Store failures never echo internals.
+    pub fn detail(&self) -> String {
+        match self {
+            Self::Store(StoreError::Throttled(_)) => "storage busy, retry shortly".to_owned(),
+            Self::Store(_) => "internal error".to_owned(),
+            other => other.to_string(),
+        }
+    }
+}

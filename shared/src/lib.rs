@@ -1,0 +1,25 @@
+//! The library behind the samosaChaat chat functions.
+//!
+//! Data flows one way: request -> [`auth`] -> [`api`] (route, body) -> [`store`]
+//! (one Query) -> [`prompt`] -> [`inference`] -> [`relay`] (stream to the browser)
+//! -> [`store`] (persist) -> `done`. [`chat`] ties those together for `send` and
+//! `regenerate`; [`conversations`] serves the CRUD routes.
+
+pub mod api;
+pub mod auth;
+pub mod chat;
+pub mod config;
+pub mod conversations;
+pub mod error;
+pub mod inference;
+pub mod prompt;
+pub mod relay;
+pub mod runtime;
+pub mod schema;
+pub mod sse;
+pub mod state;
+pub mod store;
+pub mod time_fmt;
+
+pub use error::ApiError;
+pub use state::AppState;

@@ -1,0 +1,182 @@
+//! The relay: upstream token stream in, browser event stream out (SPEC section 3).
+//!
+//! Each upstream event is forwarded the moment it is read. The browser gets a
+//! `: ping` comment after every `ping` of silence on its side, whether the
+//! upstream is slow to answer at all or slow between tokens. A deadline bounds
+//! the whole exchange so a stream that never ends still leaves time to store
+//! what arrived.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::inference::{InferenceClient, InferenceRequest, StartError};
+use crate::sse::{Event, SseReader};
+
+const PING: &[u8] = b": ping\n\n";
+
+/// The browser side of the stream. Sending never blocks and never fails: once the
+/// browser is gone the events are dropped and the work goes on.
+pub struct Sink {
+    tx: mpsc::UnboundedSender<Bytes>,
+    last_sent: Instant,
+}
+
+impl Sink {
+    pub fn new(tx: mpsc::UnboundedSender<Bytes>) -> Self {
+        Self {
+            tx,
+            last_sent: Instant::now(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: Bytes) {
+        self.last_sent = Instant::now();
+        // A closed channel means the browser left; the answer is still stored.
+        let _ = self.tx.send(bytes);
+    }
+
+    /// Sends `data: <json>\n\n`.
+    pub fn data(&mut self, json: &str) {
+        let mut buf = Vec::with_capacity(json.len() + 8);
+        buf.extend_from_slice(b"data: ");
+        buf.extend_from_slice(json.as_bytes());
+        buf.extend_from_slice(b"\n\n");
+        self.send(Bytes::from(buf));
+    }
+
+    pub fn event(&mut self, value: &serde_json::Value) {
+        self.data(&value.to_string());
+    }
+
+    pub fn browser_connected(&self) -> bool {
+        !self.tx.is_closed()
+    }
+}
+
+/// Why an exchange with the upstream ended without its `done`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    Unavailable,
+    Status(u16),
+    Interrupted,
+}
+
+impl Failure {
+    /// The error event the browser sees.
+    pub fn event(self) -> serde_json::Value {
+        match self {
+            Failure::Unavailable => json!({ "error": "inference_unavailable" }),
+            Failure::Status(code) => json!({ "error": "inference_error", "status_code": code }),
+            Failure::Interrupted => json!({ "error": "inference_interrupted" }),
+        }
+    }
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Failure::Unavailable => "inference_unavailable",
+            Failure::Status(_) => "inference_error",
+            Failure::Interrupted => "inference_interrupted",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub content: String,
+    pub token_count: u64,
+    pub inference_time_ms: u64,
+    /// `None` when the upstream sent its `done`.
+    pub failure: Option<Failure>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub ping: Duration,
+    pub deadline: Instant,
+}
+
+/// Runs one upstream exchange, forwarding its events to `sink`.
+pub async fn relay(
+    client: &InferenceClient,
+    request: &InferenceRequest,
+    sink: &mut Sink,
+    timing: Timing,
+) -> Outcome {
+    let started = Instant::now();
+    let mut outcome = Outcome {
+        content: String::new(),
+        token_count: 0,
+        inference_time_ms: 0,
+        failure: None,
+    };
+    let failure = match with_pings(client.start(request), sink, timing).await {
+        None => Some(Failure::Unavailable),
+        Some(Err(StartError::Unavailable)) => Some(Failure::Unavailable),
+        Some(Err(StartError::Status(code))) => Some(Failure::Status(code)),
+        Some(Ok(response)) => read_stream(response, sink, timing, &mut outcome).await,
+    };
+    outcome.failure = failure;
+    outcome.inference_time_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    outcome
+}
+
+async fn read_stream(
+    mut response: reqwest::Response,
+    sink: &mut Sink,
+    timing: Timing,
+    outcome: &mut Outcome,
+) -> Option<Failure> {
+    let mut reader = SseReader::new();
+    let mut events = Vec::with_capacity(8);
+    loop {
+        let finished = match with_pings(response.chunk(), sink, timing).await {
+            None | Some(Err(_)) => return Some(Failure::Interrupted),
+            Some(Ok(Some(bytes))) => {
+                reader.feed(&bytes, &mut events);
+                false
+            }
+            Some(Ok(None)) => {
+                reader.finish(&mut events);
+                true
+            }
+        };
+        for event in events.drain(..) {
+            match event {
+                Event::Token { text, json } => {
+                    outcome.content.push_str(&text);
+                    outcome.token_count += 1;
+                    sink.data(&json);
+                }
+                Event::Other { json } => sink.data(&json),
+                Event::Done => return None,
+            }
+        }
+        if finished {
+            return Some(Failure::Interrupted);
+        }
+    }
+}
+
+/// Awaits `fut`, sending a ping whenever the browser has heard nothing for
+/// `timing.ping`; `None` when the deadline passes first.
+async fn with_pings<F: Future>(fut: F, sink: &mut Sink, timing: Timing) -> Option<F::Output> {
+    tokio::pin!(fut);
+    loop {
+        let wake = (sink.last_sent + timing.ping).min(timing.deadline);
+        tokio::select! {
+            biased;
+            out = &mut fut => return Some(out),
+            () = tokio::time::sleep_until(wake) => {
+                if Instant::now() >= timing.deadline {
+                    return None;
+                }
+                sink.send(Bytes::from_static(PING));
+            }
+        }
+    }
+}

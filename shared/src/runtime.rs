@@ -1,0 +1,82 @@
+//! How the functions meet the Lambda runtime.
+//!
+//! `lambda_http` decodes a base64 body with `expect`, so an event whose
+//! `isBase64Encoded` body is not base64 would panic before any handler runs (a 502
+//! to the user). Every event passes [`sanitize`] first: such a body is removed and
+//! the request marked, and the handler answers a clear 400 instead.
+
+use std::future::Future;
+
+use base64::Engine;
+use http::{HeaderMap, HeaderValue};
+use lambda_http::request::LambdaRequest;
+use lambda_http::tower::ServiceBuilder;
+use lambda_http::{service_fn, Adapter, Body, Error, LambdaEvent, Request, Response, StreamAdapter};
+
+use crate::api::{ResponseBody, BODY_ERROR_HEADER};
+
+/// Runs a handler whose responses stream (Lambda response streaming).
+pub async fn run_streaming<F, Fut>(handler: F) -> Result<(), Error>
+where
+    F: FnMut(Request) -> Fut + Send,
+    Fut: Future<Output = Result<Response<ResponseBody>, Error>> + Send + 'static,
+{
+    let service = ServiceBuilder::new()
+        .map_request(sanitize)
+        .service(StreamAdapter::from(service_fn(handler)));
+    lambda_http::lambda_runtime::run(service).await
+}
+
+/// Runs a handler with whole (buffered) responses.
+pub async fn run_buffered<F, Fut>(handler: F) -> Result<(), Error>
+where
+    F: FnMut(Request) -> Fut + Send,
+    Fut: Future<Output = Result<Response<Body>, Error>> + Send + 'static,
+{
+    let service = ServiceBuilder::new()
+        .map_request(sanitize)
+        .service(Adapter::from(service_fn(handler)));
+    lambda_http::lambda_runtime::run(service).await
+}
+
+/// Removes an undecodable base64 body and marks the request (see module docs).
+/// A client-sent marker header is always dropped so it cannot be forged.
+pub fn sanitize(mut event: LambdaEvent<LambdaRequest>) -> LambdaEvent<LambdaRequest> {
+    match &mut event.payload {
+        LambdaRequest::ApiGatewayV1(r) => {
+            r.multi_value_headers.remove(BODY_ERROR_HEADER);
+            fix(&mut r.headers, &mut r.body, &mut r.is_base64_encoded);
+            if r.headers.contains_key(BODY_ERROR_HEADER) {
+                r.multi_value_headers
+                    .insert(BODY_ERROR_HEADER, HeaderValue::from_static("base64"));
+            }
+        }
+        LambdaRequest::ApiGatewayV2(r) => fix(&mut r.headers, &mut r.body, &mut r.is_base64_encoded),
+        LambdaRequest::Alb(r) => {
+            r.multi_value_headers.remove(BODY_ERROR_HEADER);
+            fix(&mut r.headers, &mut r.body, &mut r.is_base64_encoded);
+            if r.headers.contains_key(BODY_ERROR_HEADER) {
+                r.multi_value_headers
+                    .insert(BODY_ERROR_HEADER, HeaderValue::from_static("base64"));
+            }
+        }
+        #[allow(unreachable_patterns)]
+        _ => {}
+    }
+    event
+}
+
+fn fix(headers: &mut HeaderMap, body: &mut Option<String>, is_base64: &mut bool) {
+    headers.remove(BODY_ERROR_HEADER);
+    if !*is_base64 {
+        return;
+    }
+    let valid = body
+        .as_deref()
+        .is_none_or(|b| base64::engine::general_purpose::STANDARD.decode(b).is_ok());
+    if !valid {
+        *body = None;
+        *is_base64 = false;
+        headers.insert(BODY_ERROR_HEADER, HeaderValue::from_static("base64"));
+    }
+}

@@ -1,0 +1,295 @@
+//! An incremental reader of the upstream's server-sent events (SPEC section 4).
+//!
+//! The upstream may put several events in one chunk, or half an event, or half a
+//! UTF-8 character; lines may end in LF, CRLF or CR; the stream may start with a
+//! BOM. The reader splits on line ends first and decodes whole lines only, so a
+//! character split across chunks is never mangled. Lines that are not valid UTF-8,
+//! data that is not a JSON object, and oversized events are skipped, never guessed at.
+
+use serde_json::{Map, Value};
+
+/// An event too large to be a token event is dropped rather than buffered forever.
+const MAX_EVENT_BYTES: usize = 1 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A token event. `json` is the event re-encoded on one line, ready to forward.
+    Token { text: String, json: String },
+    /// Any other JSON object (forwarded as is; the browser skips what it does not know).
+    Other { json: String },
+    /// `{"done": true}`: the upstream finished the answer.
+    Done,
+}
+
+#[derive(Debug, Default)]
+pub struct SseReader {
+    line: Vec<u8>,
+    line_overflow: bool,
+    data: String,
+    has_data: bool,
+    event_broken: bool,
+    after_cr: bool,
+    first_line_done: bool,
+}
+
+impl SseReader {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds one chunk of bytes, appending every event it completes to `out`.
+    pub fn feed(&mut self, mut chunk: &[u8], out: &mut Vec<Event>) {
+        while !chunk.is_empty() {
+            if self.after_cr {
+                self.after_cr = false;
+                if chunk[0] == b'\n' {
+                    chunk = &chunk[1..];
+                    continue;
+                }
+            }
+            match chunk.iter().position(|&b| b == b'\n' || b == b'\r') {
+                None => {
+                    self.push_partial(chunk);
+                    break;
+                }
+                Some(i) => {
+                    self.push_partial(&chunk[..i]);
+                    self.after_cr = chunk[i] == b'\r';
+                    chunk = &chunk[i + 1..];
+                    self.finish_line(out);
+                }
+            }
+        }
+    }
+
+    /// The stream ended: an event still pending (no blank line after it) is
+    /// dispatched if it is whole, so a final `done` without its blank line counts.
+    pub fn finish(&mut self, out: &mut Vec<Event>) {
+        if !self.line.is_empty() || self.line_overflow {
+            self.finish_line(out);
+        }
+        self.dispatch(out);
+    }
+
+    fn push_partial(&mut self, bytes: &[u8]) {
+        if self.line.len() + bytes.len() > MAX_EVENT_BYTES {
+            self.line_overflow = true;
+            self.line.clear();
+        } else if !self.line_overflow {
+            self.line.extend_from_slice(bytes);
+        }
+    }
+
+    fn finish_line(&mut self, out: &mut Vec<Event>) {
+        let mut bytes = std::mem::take(&mut self.line);
+        if !self.first_line_done {
+            self.first_line_done = true;
+            if bytes.starts_with(b"\xEF\xBB\xBF") {
+                bytes.drain(..3);
+            }
+        }
+        if std::mem::take(&mut self.line_overflow) {
+            self.event_broken = true;
+            return;
+        }
+        let Ok(line) = std::str::from_utf8(&bytes) else {
+            self.event_broken = true;
+            return;
+        };
+        if line.is_empty() {
+            self.dispatch(out);
+            return;
+        }
+        if line.starts_with(':') {
+            return;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line, ""),
+        };
+        if field == "data" {
+            if self.has_data {
+                self.data.push('\n');
+            }
+            if self.data.len() + value.len() > MAX_EVENT_BYTES {
+                self.event_broken = true;
+            } else {
+                self.data.push_str(value);
+            }
+            self.has_data = true;
+        }
+        // `event`, `id`, `retry` and unknown fields carry nothing for us.
+    }
+
+    fn dispatch(&mut self, out: &mut Vec<Event>) {
+        let data = std::mem::take(&mut self.data);
+        let has_data = std::mem::take(&mut self.has_data);
+        let broken = std::mem::take(&mut self.event_broken);
+        if !has_data || broken {
+            return;
+        }
+        if let Some(event) = interpret(&data) {
+            out.push(event);
+        }
+    }
+}
+
+fn interpret(data: &str) -> Option<Event> {
+    let Ok(Value::Object(map)) = serde_json::from_str::<Value>(data) else {
+        return None;
+    };
+    if map.get("done") == Some(&Value::Bool(true)) {
+        return Some(Event::Done);
+    }
+    let json = encode(&map);
+    match map.get("token") {
+        Some(Value::String(text)) => Some(Event::Token {
+            text: text.clone(),
+            json,
+        }),
+        _ => Some(Event::Other { json }),
+    }
+}
+
+fn encode(map: &Map<String, Value>) -> String {
+    // Serializing a map of JSON values cannot fail.
+    serde_json::to_string(map).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn read_chunks(chunks: &[&[u8]]) -> Vec<Event> {
+        let mut reader = SseReader::new();
+        let mut out = Vec::new();
+        for c in chunks {
+            reader.feed(c, &mut out);
+        }
+        reader.finish(&mut out);
+        out
+    }
+
+    fn tokens(events: &[Event]) -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Token { text, .. } => Some(text.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn tok(t: &str) -> String {
+        format!("data: {}\n\n", serde_json::json!({"token": t, "gpu": 0}))
+    }
+
+    #[test]
+    fn reading_table() {
+        let two = format!("{}{}data: {{\"done\": true}}\n\n", tok("hel"), tok("lo"));
+        let crlf = two.replace('\n', "\r\n");
+        let cr = two.replace('\n', "\r");
+        let bom = format!("\u{feff}{two}");
+        let junk = format!(
+            ": keepalive\nevent: message\nid: 3\nretry: 10\n\n{}data: not json\n\ndata:\n\ndata: [1,2]\n\n{}data: {{\"done\": true}}\n\n",
+            tok("hel"),
+            tok("lo")
+        );
+        let cases: Vec<(&str, String)> = vec![
+            ("lf", two.clone()),
+            ("crlf", crlf),
+            ("cr", cr),
+            ("bom", bom),
+            ("junk lines and events", junk),
+        ];
+        for (name, stream) in cases {
+            let whole = read_chunks(&[stream.as_bytes()]);
+            assert_eq!(tokens(&whole), ["hel", "lo"], "{name}");
+            assert_eq!(whole.last(), Some(&Event::Done), "{name}");
+            // Every split point gives the same events.
+            for cut in 0..stream.len() {
+                let (a, b) = stream.as_bytes().split_at(cut);
+                assert_eq!(read_chunks(&[a, b]), whole, "{name} cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn utf8_split_across_chunks_is_reassembled() {
+        let stream = tok("नमस्ते 🙂");
+        let bytes = stream.as_bytes();
+        let chunks: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(tokens(&read_chunks(&chunks)), ["नमस्ते 🙂"]);
+    }
+
+    #[test]
+    fn invalid_utf8_line_drops_its_event_only() {
+        let mut stream = b"data: {\"token\": \"bad\xff\"}\n\n".to_vec();
+        stream.extend_from_slice(tok("ok").as_bytes());
+        assert_eq!(tokens(&read_chunks(&[&stream])), ["ok"]);
+    }
+
+    #[test]
+    fn other_json_objects_are_forwarded_on_one_line() {
+        let events = read_chunks(&[b"data: {\"status\":\ndata: \"searching\"}\n\n"]);
+        assert_eq!(
+            events,
+            [Event::Other {
+                json: r#"{"status":"searching"}"#.into()
+            }]
+        );
+    }
+
+    #[test]
+    fn final_done_without_blank_line_counts_but_half_an_event_does_not() {
+        assert_eq!(read_chunks(&[b"data: {\"done\": true}"]), [Event::Done]);
+        assert_eq!(read_chunks(&[b"data: {\"token\": \"he"]), []);
+    }
+
+    #[test]
+    fn forwarded_token_json_is_single_line() {
+        let events = read_chunks(&[tok("a\nb \"q\"").as_bytes()]);
+        match &events[0] {
+            Event::Token { text, json } => {
+                assert_eq!(text, "a\nb \"q\"");
+                assert!(!json.contains('\n'));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..16)) {
+            let refs: Vec<&[u8]> = chunks.iter().map(|c| c.as_slice()).collect();
+            let _ = read_chunks(&refs);
+        }
+
+        #[test]
+        fn any_chunking_yields_exactly_the_tokens_sent(
+            sent in proptest::collection::vec(".{0,12}", 0..8),
+            cuts in proptest::collection::vec(any::<usize>(), 0..10),
+            crlf in any::<bool>(),
+        ) {
+            let mut stream: String = sent.iter().map(|t| tok(t)).collect();
+            stream.push_str("data: {\"done\": true}\n\n");
+            if crlf {
+                stream = stream.replace('\n', "\r\n");
+            }
+            let bytes = stream.as_bytes();
+            let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+            points.sort_unstable();
+            let mut chunks = Vec::new();
+            let mut last = 0;
+            for p in points {
+                chunks.push(&bytes[last..p]);
+                last = p;
+            }
+            chunks.push(&bytes[last..]);
+            let events = read_chunks(&chunks);
+            prop_assert_eq!(tokens(&events), sent);
+            prop_assert_eq!(events.last(), Some(&Event::Done));
+        }
+    }
+}
