@@ -231,12 +231,18 @@ const JUNK: &[&str] = &[
 ];
 
 /// The default reply's tokens: `Hello!`, ` You`, ` said:`, then each
-/// whitespace-separated word of `last_user` with a leading space.
+/// whitespace-separated word of `last_user` with a leading space. Like the real
+/// upstream, a system prompt before the first blank line is not part of what the
+/// user said.
 pub fn default_tokens(last_user: &str) -> Vec<String> {
+    let said = match last_user.split_once("\n\n") {
+        Some((prompt, rest)) if prompt.starts_with("You are ") => rest,
+        _ => last_user,
+    };
     ["Hello!", " You", " said:"]
         .into_iter()
         .map(str::to_owned)
-        .chain(last_user.split_whitespace().map(|w| format!(" {w}")))
+        .chain(said.split_whitespace().map(|w| format!(" {w}")))
         .collect()
 }
 
@@ -257,6 +263,8 @@ mod tests {
     fn default_reply_events() {
         let tokens = default_tokens("  hi   there ");
         assert_eq!(tokens, ["Hello!", " You", " said:", " hi", " there"]);
+        let prompted = default_tokens("You are samosaChaat.\n\nhi there");
+        assert_eq!(prompted, ["Hello!", " You", " said:", " hi", " there"]);
         let pieces = Scenario::default_reply().render(&tokens[..2]);
         assert_eq!(pieces.len(), 3);
         assert_eq!(
