@@ -102,9 +102,17 @@ fn params_from(map: &Map<String, Value>) -> Result<ChatParams, ApiError> {
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) => match n.as_f64() {
             Some(t) if (0.0..=2.0).contains(&t) => Some(t),
-            _ => return Err(ApiError::invalid("temperature: must be a number from 0 to 2")),
+            _ => {
+                return Err(ApiError::invalid(
+                    "temperature: must be a number from 0 to 2",
+                ))
+            }
         },
-        Some(_) => return Err(ApiError::invalid("temperature: must be a number from 0 to 2")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "temperature: must be a number from 0 to 2",
+            ))
+        }
     };
     Ok(ChatParams {
         temperature,
@@ -128,7 +136,9 @@ fn int_field(
             .and_then(|v| u32::try_from(v).ok())
             .filter(|v| (min..=max).contains(v))
             .map(Some)
-            .ok_or_else(|| ApiError::invalid(format!("{name}: must be an integer from {min} to {max}"))),
+            .ok_or_else(|| {
+                ApiError::invalid(format!("{name}: must be an integer from {min} to {max}"))
+            }),
         Some(_) => Err(ApiError::invalid(format!(
             "{name}: must be an integer from {min} to {max}"
         ))),
@@ -154,7 +164,9 @@ pub fn text_field(
         Some(Value::String(s)) => {
             let chars = s.chars().count();
             if chars == 0 || chars > max {
-                Err(ApiError::invalid(format!("{name}: must be 1 to {max} characters")))
+                Err(ApiError::invalid(format!(
+                    "{name}: must be 1 to {max} characters"
+                )))
             } else {
                 Ok(Some(s.clone()))
             }
@@ -329,23 +341,50 @@ mod tests {
             (b"".to_vec(), "content"),
             (b"{}".to_vec(), "content"),
             (br#"{"content":""}"#.to_vec(), "content"),
-            (format!(r#"{{"content":"{too_long}"}}"#).into_bytes(), "content"),
+            (
+                format!(r#"{{"content":"{too_long}"}}"#).into_bytes(),
+                "content",
+            ),
             (br#"{"content":5}"#.to_vec(), "content"),
             (br#"{"content":null}"#.to_vec(), "content"),
             (br#"[{"content":"x"}]"#.to_vec(), "body"),
             (b"not json".to_vec(), "body"),
             (b"\xff\xfe{}".to_vec(), "body"),
-            (br#"{"content":"x","temperature":2.01}"#.to_vec(), "temperature"),
-            (br#"{"content":"x","temperature":-0.1}"#.to_vec(), "temperature"),
-            (br#"{"content":"x","temperature":"0.5"}"#.to_vec(), "temperature"),
+            (
+                br#"{"content":"x","temperature":2.01}"#.to_vec(),
+                "temperature",
+            ),
+            (
+                br#"{"content":"x","temperature":-0.1}"#.to_vec(),
+                "temperature",
+            ),
+            (
+                br#"{"content":"x","temperature":"0.5"}"#.to_vec(),
+                "temperature",
+            ),
             (br#"{"content":"x","max_tokens":0}"#.to_vec(), "max_tokens"),
-            (br#"{"content":"x","max_tokens":4097}"#.to_vec(), "max_tokens"),
-            (br#"{"content":"x","max_tokens":1.5}"#.to_vec(), "max_tokens"),
-            (br#"{"content":"x","max_tokens":"10"}"#.to_vec(), "max_tokens"),
+            (
+                br#"{"content":"x","max_tokens":4097}"#.to_vec(),
+                "max_tokens",
+            ),
+            (
+                br#"{"content":"x","max_tokens":1.5}"#.to_vec(),
+                "max_tokens",
+            ),
+            (
+                br#"{"content":"x","max_tokens":"10"}"#.to_vec(),
+                "max_tokens",
+            ),
             (br#"{"content":"x","top_k":201}"#.to_vec(), "top_k"),
             (br#"{"content":"x","top_k":-1}"#.to_vec(), "top_k"),
-            (br#"{"content":"x","thinking_mode":"yes"}"#.to_vec(), "thinking_mode"),
-            (br#"{"content":"x","force_web_search":1}"#.to_vec(), "force_web_search"),
+            (
+                br#"{"content":"x","thinking_mode":"yes"}"#.to_vec(),
+                "thinking_mode",
+            ),
+            (
+                br#"{"content":"x","force_web_search":1}"#.to_vec(),
+                "force_web_search",
+            ),
         ];
         for (body, field) in bad {
             let err = decode_send(&body).expect_err(&String::from_utf8_lossy(&body));
@@ -356,9 +395,18 @@ mod tests {
 
     #[test]
     fn regenerate_body_defaults_when_empty() {
-        assert_eq!(decode_regenerate(b"").expect("empty"), ChatParams::default());
-        assert_eq!(decode_regenerate(b"  \n").expect("blank"), ChatParams::default());
-        assert_eq!(decode_regenerate(b"{}").expect("object"), ChatParams::default());
+        assert_eq!(
+            decode_regenerate(b"").expect("empty"),
+            ChatParams::default()
+        );
+        assert_eq!(
+            decode_regenerate(b"  \n").expect("blank"),
+            ChatParams::default()
+        );
+        assert_eq!(
+            decode_regenerate(b"{}").expect("object"),
+            ChatParams::default()
+        );
         assert!(decode_regenerate(b"null").is_err());
         assert!(decode_regenerate(br#"{"top_k":1000}"#).is_err());
     }
@@ -367,11 +415,22 @@ mod tests {
     fn routes() {
         let id = "0192f0c4-8a5e-7c3a-9b1e-0d2f4c6a8e10";
         assert_eq!(conversation_route("/api/conversations"), Some(vec![]));
-        assert_eq!(conversation_route("/prod/api/conversations/x/"), Some(vec!["x"]));
+        assert_eq!(
+            conversation_route("/prod/api/conversations/x/"),
+            Some(vec!["x"])
+        );
         assert_eq!(conversation_route("/api/other"), None);
         assert!(conversation_id(id).is_ok());
-        for bad in ["", "x", "0192f0c48a5e7c3a9b1e0d2f4c6a8e10", "{0192f0c4-8a5e-7c3a-9b1e-0d2f4c6a8e1}"] {
-            assert!(matches!(conversation_id(bad), Err(ApiError::NotFound)), "{bad}");
+        for bad in [
+            "",
+            "x",
+            "0192f0c48a5e7c3a9b1e0d2f4c6a8e10",
+            "{0192f0c4-8a5e-7c3a-9b1e-0d2f4c6a8e1}",
+        ] {
+            assert!(
+                matches!(conversation_id(bad), Err(ApiError::NotFound)),
+                "{bad}"
+            );
         }
     }
 }

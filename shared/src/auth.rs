@@ -146,7 +146,12 @@ mod tests {
             let other = with(claims(), |m| {
                 m.insert("sub".into(), json!("00000000-0000-0000-0000-000000000001"));
             });
-            format!("{}.{}.{}", parts[0], b64(other.to_string().as_bytes()), parts[2])
+            format!(
+                "{}.{}.{}",
+                parts[0],
+                b64(other.to_string().as_bytes()),
+                parts[2]
+            )
         };
         let huge = {
             let padded = with(claims(), |m| {
@@ -159,35 +164,95 @@ mod tests {
             ("valid", valid.clone(), true),
             (
                 "expired one second ago",
-                sign(&with(claims(), |m| { m.insert("exp".into(), json!(now() - 1)); }), PRIVATE),
+                sign(
+                    &with(claims(), |m| {
+                        m.insert("exp".into(), json!(now() - 1));
+                    }),
+                    PRIVATE,
+                ),
                 false,
             ),
             (
                 "nbf in the future",
-                sign(&with(claims(), |m| { m.insert("nbf".into(), json!(now() + 60)); }), PRIVATE),
+                sign(
+                    &with(claims(), |m| {
+                        m.insert("nbf".into(), json!(now() + 60));
+                    }),
+                    PRIVATE,
+                ),
                 false,
             ),
-            ("exp missing", sign(&with(claims(), |m| { m.remove("exp"); }), PRIVATE), false),
+            (
+                "exp missing",
+                sign(
+                    &with(claims(), |m| {
+                        m.remove("exp");
+                    }),
+                    PRIVATE,
+                ),
+                false,
+            ),
             (
                 "wrong issuer",
-                sign(&with(claims(), |m| { m.insert("iss".into(), json!("evil")); }), PRIVATE),
+                sign(
+                    &with(claims(), |m| {
+                        m.insert("iss".into(), json!("evil"));
+                    }),
+                    PRIVATE,
+                ),
                 false,
             ),
             (
                 "refresh token",
-                sign(&with(claims(), |m| { m.insert("type".into(), json!("refresh")); }), PRIVATE),
+                sign(
+                    &with(claims(), |m| {
+                        m.insert("type".into(), json!("refresh"));
+                    }),
+                    PRIVATE,
+                ),
                 false,
             ),
-            ("type missing", sign(&with(claims(), |m| { m.remove("type"); }), PRIVATE), false),
-            ("sub missing", sign(&with(claims(), |m| { m.remove("sub"); }), PRIVATE), false),
+            (
+                "type missing",
+                sign(
+                    &with(claims(), |m| {
+                        m.remove("type");
+                    }),
+                    PRIVATE,
+                ),
+                false,
+            ),
+            (
+                "sub missing",
+                sign(
+                    &with(claims(), |m| {
+                        m.remove("sub");
+                    }),
+                    PRIVATE,
+                ),
+                false,
+            ),
             (
                 "sub not a uuid",
-                sign(&with(claims(), |m| { m.insert("sub".into(), json!("alice")); }), PRIVATE),
+                sign(
+                    &with(claims(), |m| {
+                        m.insert("sub".into(), json!("alice"));
+                    }),
+                    PRIVATE,
+                ),
                 false,
             ),
-            ("signed by another key", sign(&claims(), OTHER_PRIVATE), false),
+            (
+                "signed by another key",
+                sign(&claims(), OTHER_PRIVATE),
+                false,
+            ),
             ("alg none", alg_none, false),
-            ("hs256 with the public key as secret", hs256_with_public_key, false),
+            (
+                "hs256 with the public key as secret",
+                hs256_with_public_key,
+                false,
+            ),
             ("tampered payload", tampered, false),
             ("100 KB token", huge, false),
             ("garbage", "a.b.c".into(), false),
@@ -214,7 +279,10 @@ mod tests {
             (vec!["Bearer ".into()], false),
             (vec![format!("Bearer {token} {token}")], false),
             (vec![format!("Bearer {token}, Bearer {token}")], false),
-            (vec![format!("Bearer {token}"), format!("Bearer {token}")], false),
+            (
+                vec![format!("Bearer {token}"), format!("Bearer {token}")],
+                false,
+            ),
         ];
         let v = verifier();
         for (values, ok) in cases {

@@ -58,7 +58,11 @@ pub async fn regenerate(
     state: Arc<AppState>,
     req: Request,
 ) -> Result<Response<ResponseBody>, Error> {
-    Ok(respond(&state, &req, prepare_regenerate(&state, &req).await))
+    Ok(respond(
+        &state,
+        &req,
+        prepare_regenerate(&state, &req).await,
+    ))
 }
 
 fn respond(
@@ -126,10 +130,7 @@ async fn prepare_send(state: &Arc<AppState>, req: &Request) -> Result<Option<Job
     }))
 }
 
-async fn prepare_regenerate(
-    state: &Arc<AppState>,
-    req: &Request,
-) -> Result<Option<Job>, ApiError> {
+async fn prepare_regenerate(state: &Arc<AppState>, req: &Request) -> Result<Option<Job>, ApiError> {
     if req.method() == Method::OPTIONS {
         return Ok(None);
     }

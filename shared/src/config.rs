@@ -75,11 +75,17 @@ impl Config {
 
         let temperature: f64 = parse_or("INFERENCE_DEFAULT_TEMPERATURE", get, 0.8)?;
         if !(0.0..=2.0).contains(&temperature) {
-            return Err(invalid("INFERENCE_DEFAULT_TEMPERATURE", "must be within 0..2"));
+            return Err(invalid(
+                "INFERENCE_DEFAULT_TEMPERATURE",
+                "must be within 0..2",
+            ));
         }
         let max_tokens: u32 = parse_or("INFERENCE_DEFAULT_MAX_TOKENS", get, 1024)?;
         if !(1..=4096).contains(&max_tokens) {
-            return Err(invalid("INFERENCE_DEFAULT_MAX_TOKENS", "must be within 1..4096"));
+            return Err(invalid(
+                "INFERENCE_DEFAULT_MAX_TOKENS",
+                "must be within 1..4096",
+            ));
         }
         let top_k: u32 = parse_or("INFERENCE_DEFAULT_TOP_K", get, 50)?;
         if top_k > 200 {
@@ -87,7 +93,10 @@ impl Config {
         }
         let max_history: usize = parse_or("MAX_CONVERSATION_HISTORY", get, 50)?;
         if !(1..=1000).contains(&max_history) {
-            return Err(invalid("MAX_CONVERSATION_HISTORY", "must be within 1..1000"));
+            return Err(invalid(
+                "MAX_CONVERSATION_HISTORY",
+                "must be within 1..1000",
+            ));
         }
         let max_token_budget: usize = parse_or("MAX_TOKEN_BUDGET", get, 6000)?;
         if max_token_budget == 0 {
@@ -193,9 +202,21 @@ pub(crate) mod tests {
             ("TABLE_NAME", None, "TABLE_NAME"),
             ("INFERENCE_URL", Some("not a url"), "INFERENCE_URL"),
             ("JWT_PUBLIC_KEY", Some("garbage"), "JWT_PUBLIC_KEY"),
-            ("INFERENCE_DEFAULT_TOP_K", Some("201"), "INFERENCE_DEFAULT_TOP_K"),
-            ("INFERENCE_DEFAULT_TEMPERATURE", Some("hot"), "INFERENCE_DEFAULT_TEMPERATURE"),
-            ("MAX_CONVERSATION_HISTORY", Some("0"), "MAX_CONVERSATION_HISTORY"),
+            (
+                "INFERENCE_DEFAULT_TOP_K",
+                Some("201"),
+                "INFERENCE_DEFAULT_TOP_K",
+            ),
+            (
+                "INFERENCE_DEFAULT_TEMPERATURE",
+                Some("hot"),
+                "INFERENCE_DEFAULT_TEMPERATURE",
+            ),
+            (
+                "MAX_CONVERSATION_HISTORY",
+                Some("0"),
+                "MAX_CONVERSATION_HISTORY",
+            ),
         ];
         for (name, value, expect) in cases {
             let mut env = base();
@@ -211,8 +232,14 @@ pub(crate) mod tests {
     #[test]
     fn origins_are_split_and_trimmed() {
         let mut env = base();
-        env.insert("ALLOWED_ORIGINS", "https://a.example/, https://b.example,".into());
+        env.insert(
+            "ALLOWED_ORIGINS",
+            "https://a.example/, https://b.example,".into(),
+        );
         let c = load(&env).expect("valid config");
-        assert_eq!(c.allowed_origins, ["https://a.example", "https://b.example"]);
+        assert_eq!(
+            c.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
     }
 }

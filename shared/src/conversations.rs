@@ -94,7 +94,9 @@ async fn list(state: &AppState, user: Uuid, req: &Request) -> Result<Response<Bo
             .parse::<u32>()
             .ok()
             .filter(|l| (1..=MAX_PAGE).contains(l))
-            .ok_or_else(|| ApiError::invalid(format!("limit: must be an integer from 1 to {MAX_PAGE}")))?,
+            .ok_or_else(|| {
+                ApiError::invalid(format!("limit: must be an integer from 1 to {MAX_PAGE}"))
+            })?,
     };
     let cursor = query.first("cursor").filter(|c| !c.is_empty());
     let page = state

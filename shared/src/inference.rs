@@ -59,8 +59,9 @@ impl InferenceClient {
             .map_err(|e| format!("inference client: {e}"))?;
         let url = reqwest::Url::parse(&config.inference_url)
             .map_err(|_| "configuration: INFERENCE_URL is invalid".to_owned())?;
-        let mut api_key = HeaderValue::from_str(&config.internal_api_key)
-            .map_err(|_| "configuration: INTERNAL_API_KEY is not a valid header value".to_owned())?;
+        let mut api_key = HeaderValue::from_str(&config.internal_api_key).map_err(|_| {
+            "configuration: INTERNAL_API_KEY is not a valid header value".to_owned()
+        })?;
         api_key.set_sensitive(true);
         Ok(Self { http, url, api_key })
     }

@@ -63,7 +63,11 @@ pub fn history_window(turns: &[Turn], max_history: usize, budget: usize) -> &[Tu
 /// Prepends the system prompt to the first user turn of the window: the model
 /// ignores a system role, and the upstream splits the prompt off at the blank line.
 pub fn with_system_prompt(window: &[Turn], thinking_mode: bool) -> Vec<Turn> {
-    let prompt = if thinking_mode { SYS_THINK } else { SYS_DEFAULT };
+    let prompt = if thinking_mode {
+        SYS_THINK
+    } else {
+        SYS_DEFAULT
+    };
     let mut out = window.to_vec();
     if let Some(first_user) = out.iter_mut().find(|t| t.role == Role::User) {
         first_user.content = format!("{prompt}\n\n{}", first_user.content);
@@ -94,17 +98,41 @@ mod tests {
     #[test]
     fn window_table() {
         use Role::*;
-        let five = [t(User, "a"), t(Assistant, "bb"), t(User, "ccc"), t(Assistant, "dddd"), t(User, "eeeee")];
-        let cases: &[(&str, &[Turn], usize, usize, &[&str])] = &[
-            ("all fit", &five, 50, 6000, &["a", "bb", "ccc", "dddd", "eeeee"]),
+        let five = [
+            t(User, "a"),
+            t(Assistant, "bb"),
+            t(User, "ccc"),
+            t(Assistant, "dddd"),
+            t(User, "eeeee"),
+        ];
+        // (name, turns, max_history, budget, expected window)
+        type Case<'a> = (&'a str, &'a [Turn], usize, usize, &'a [&'a str]);
+        let cases: &[Case] = &[
+            (
+                "all fit",
+                &five,
+                50,
+                6000,
+                &["a", "bb", "ccc", "dddd", "eeeee"],
+            ),
             ("count cap keeps newest", &five, 2, 6000, &["dddd", "eeeee"]),
             ("budget drops oldest", &five, 50, 9, &["dddd", "eeeee"]),
-            ("budget exactly met", &five, 50, 12, &["ccc", "dddd", "eeeee"]),
+            (
+                "budget exactly met",
+                &five,
+                50,
+                12,
+                &["ccc", "dddd", "eeeee"],
+            ),
             ("newest kept alone over budget", &five, 50, 1, &["eeeee"]),
             ("empty", &[], 50, 10, &[]),
         ];
         for (name, turns, max, budget, want) in cases {
-            assert_eq!(contents(history_window(turns, *max, *budget)), *want, "{name}");
+            assert_eq!(
+                contents(history_window(turns, *max, *budget)),
+                *want,
+                "{name}"
+            );
         }
     }
 
@@ -118,7 +146,11 @@ mod tests {
 
     #[test]
     fn prompt_goes_to_first_user_turn_of_the_window_only() {
-        let window = [t(Role::Assistant, "earlier answer"), t(Role::User, "q1"), t(Role::User, "q2")];
+        let window = [
+            t(Role::Assistant, "earlier answer"),
+            t(Role::User, "q1"),
+            t(Role::User, "q2"),
+        ];
         for (thinking, prompt) in [(false, SYS_DEFAULT), (true, SYS_THINK)] {
             let out = with_system_prompt(&window, thinking);
             assert_eq!(out[0].content, "earlier answer");

@@ -11,7 +11,9 @@ use base64::Engine;
 use http::{HeaderMap, HeaderValue};
 use lambda_http::request::LambdaRequest;
 use lambda_http::tower::ServiceBuilder;
-use lambda_http::{service_fn, Adapter, Body, Error, LambdaEvent, Request, Response, StreamAdapter};
+use lambda_http::{
+    service_fn, Adapter, Body, Error, LambdaEvent, Request, Response, StreamAdapter,
+};
 
 use crate::api::{ResponseBody, BODY_ERROR_HEADER};
 
@@ -51,7 +53,9 @@ pub fn sanitize(mut event: LambdaEvent<LambdaRequest>) -> LambdaEvent<LambdaRequ
                     .insert(BODY_ERROR_HEADER, HeaderValue::from_static("base64"));
             }
         }
-        LambdaRequest::ApiGatewayV2(r) => fix(&mut r.headers, &mut r.body, &mut r.is_base64_encoded),
+        LambdaRequest::ApiGatewayV2(r) => {
+            fix(&mut r.headers, &mut r.body, &mut r.is_base64_encoded)
+        }
         LambdaRequest::Alb(r) => {
             r.multi_value_headers.remove(BODY_ERROR_HEADER);
             fix(&mut r.headers, &mut r.body, &mut r.is_base64_encoded);

@@ -2,8 +2,8 @@
 //! local stack creates the table from it, and a test holds `template.yaml` to it.
 
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
-    Projection, ProjectionType, ScalarAttributeType,
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType,
 };
 use aws_sdk_dynamodb::Client;
 
@@ -17,7 +17,11 @@ pub const USER_INDEX_KEYS: [(&str, &str); 2] = [("user_id", "HASH"), ("updated_a
 pub const KEY_ATTRIBUTES: [&str; 4] = ["pk", "sk", "user_id", "updated_at"];
 
 fn key(name: &str, kind: &str) -> Result<KeySchemaElement, StoreError> {
-    let kind = if kind == "HASH" { KeyType::Hash } else { KeyType::Range };
+    let kind = if kind == "HASH" {
+        KeyType::Hash
+    } else {
+        KeyType::Range
+    };
     KeySchemaElement::builder()
         .attribute_name(name)
         .key_type(kind)
@@ -45,14 +49,27 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError
     }
     let mut index = GlobalSecondaryIndex::builder()
         .index_name(USER_INDEX)
-        .projection(Projection::builder().projection_type(ProjectionType::All).build());
+        .projection(
+            Projection::builder()
+                .projection_type(ProjectionType::All)
+                .build(),
+        );
     for (name, kind) in USER_INDEX_KEYS {
         index = index.key_schema(key(name, kind)?);
     }
-    req = req.global_secondary_indexes(index.build().map_err(|e| StoreError::Other(e.to_string()))?);
+    req = req.global_secondary_indexes(
+        index
+            .build()
+            .map_err(|e| StoreError::Other(e.to_string()))?,
+    );
     match req.send().await {
         Ok(_) => Ok(()),
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => Ok(()),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_in_use_exception()) =>
+        {
+            Ok(())
+        }
         Err(e) => Err(classify(e)),
     }
 }

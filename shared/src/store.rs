@@ -332,7 +332,10 @@ impl Store {
         id: Uuid,
         title: &str,
     ) -> Result<Conversation, StoreError> {
-        let previous = self.get_conversation(user, id).await?.ok_or(StoreError::NotFound)?;
+        let previous = self
+            .get_conversation(user, id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
         let now = time_fmt::format(time_fmt::after(Some(&previous.updated_at)));
         let out = self
             .client
@@ -456,7 +459,9 @@ impl Store {
                 .expression_attribute_values(":mid", s(message.id.to_string()));
             update = match title {
                 Some(t) => update
-                    .condition_expression("attribute_exists(pk) AND user_id = :u AND title = :default")
+                    .condition_expression(
+                        "attribute_exists(pk) AND user_id = :u AND title = :default",
+                    )
                     .update_expression("SET updated_at = :now, last_message_id = :mid, title = :t")
                     .expression_attribute_values(":default", s(DEFAULT_TITLE))
                     .expression_attribute_values(":t", s(t)),
@@ -541,7 +546,11 @@ impl Store {
 
     /// A condition that the conversation still exists and is the user's, for
     /// callers composing their own transactions.
-    pub fn conversation_check(&self, user: Uuid, id: Uuid) -> Result<TransactWriteItem, StoreError> {
+    pub fn conversation_check(
+        &self,
+        user: Uuid,
+        id: Uuid,
+    ) -> Result<TransactWriteItem, StoreError> {
         let check = ConditionCheck::builder()
             .table_name(&self.table)
             .key("pk", s(conversation_pk(id)))
@@ -604,10 +613,12 @@ where
             if codes.contains(&"ConditionalCheckFailed") {
                 return TxError::ConditionFailed;
             }
-            if codes
-                .iter()
-                .any(|c| matches!(*c, "TransactionConflict" | "ThrottlingError" | "ProvisionedThroughputExceeded"))
-            {
+            if codes.iter().any(|c| {
+                matches!(
+                    *c,
+                    "TransactionConflict" | "ThrottlingError" | "ProvisionedThroughputExceeded"
+                )
+            }) {
                 return TxError::Contended;
             }
         }
@@ -656,7 +667,10 @@ fn conversation_item(c: &Conversation) -> Item {
         ("user_id".to_owned(), s(c.user_id.to_string())),
         ("title".to_owned(), s(&c.title)),
         ("model_tag".to_owned(), s(&c.model_tag)),
-        ("is_favorited".to_owned(), AttributeValue::Bool(c.is_favorited)),
+        (
+            "is_favorited".to_owned(),
+            AttributeValue::Bool(c.is_favorited),
+        ),
         ("created_at".to_owned(), s(&c.created_at)),
         ("updated_at".to_owned(), s(&c.updated_at)),
     ]);
@@ -671,7 +685,10 @@ fn message_item(m: &Message) -> Item {
         ("pk".to_owned(), s(conversation_pk(m.conversation_id))),
         ("sk".to_owned(), s(message_sk(m.id))),
         ("id".to_owned(), s(m.id.to_string())),
-        ("conversation_id".to_owned(), s(m.conversation_id.to_string())),
+        (
+            "conversation_id".to_owned(),
+            s(m.conversation_id.to_string()),
+        ),
         ("role".to_owned(), s(m.role.as_str())),
         ("content".to_owned(), s(&m.content)),
         ("created_at".to_owned(), s(&m.created_at)),
@@ -753,7 +770,10 @@ fn encode_cursor(key: &Item) -> Option<String> {
     let fields = ["pk", "sk", "user_id", "updated_at"];
     let mut map = serde_json::Map::new();
     for f in fields {
-        map.insert(f.to_owned(), serde_json::Value::String(str_attr(key, f)?.to_owned()));
+        map.insert(
+            f.to_owned(),
+            serde_json::Value::String(str_attr(key, f)?.to_owned()),
+        );
     }
     let json = serde_json::to_vec(&map).ok()?;
     Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json))

@@ -33,7 +33,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: &[String]) -> Result<(), BoxError> {
-    let (command, rest) = args.split_first().ok_or("usage: stack create-table | token | chat")?;
+    let (command, rest) = args
+        .split_first()
+        .ok_or("usage: stack create-table | token | chat")?;
     let opts = Opts::parse(rest)?;
     match command.as_str() {
         "create-table" => {
@@ -106,7 +108,11 @@ fn mint(user: Uuid, ttl: i64) -> Result<String, BoxError> {
         "iss": std::env::var("JWT_ISSUER").unwrap_or_else(|_| "samosachaat-auth".into()),
         "type": "access",
     });
-    Ok(jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &key)?)
+    Ok(jsonwebtoken::encode(
+        &Header::new(Algorithm::RS256),
+        &claims,
+        &key,
+    )?)
 }
 
 async fn chat(opts: &Opts) -> Result<(), BoxError> {
@@ -139,7 +145,9 @@ async fn chat(opts: &Opts) -> Result<(), BoxError> {
     eprintln!("conversation {conversation}");
     eprint!("you: {message}\nsamosaChaat: ");
     let mut resp = http
-        .post(format!("{base}/send/api/conversations/{conversation}/messages"))
+        .post(format!(
+            "{base}/send/api/conversations/{conversation}/messages"
+        ))
         .bearer_auth(&token)
         .json(&serde_json::json!({ "content": message }))
         .send()

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The product, locally.
+#
+#   scripts/dev.sh                      start the local stack and stream a reply
+#   scripts/dev.sh chat [--conversation ID] MESSAGE
+#                                       stream a reply (a new conversation unless given)
+#   scripts/dev.sh token                print an access token for the local user
+#   scripts/dev.sh down                 stop the local stack
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+dir="$root/.stack/dev"
+
+load() {
+  [ -f "$dir/env" ] || { echo "the local stack is not up: run scripts/dev.sh" >&2; exit 1; }
+  set -a; . "$dir/env"; . "$dir/client.env"; set +a
+}
+
+case "${1:-}" in
+  "")
+    scripts/stack.sh up dev
+    load
+    "$root/target/debug/stack" chat "hi there, what can you do?"
+    ;;
+  chat|token) load; exec "$root/target/debug/stack" "$@" ;;
+  down) exec scripts/stack.sh down dev ;;
+  *) sed -n '2,10p' "$0" >&2; exit 2 ;;
+esac

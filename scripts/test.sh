@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Every test of the project on a fresh machine: installs the tools (PyPI), starts
+# the local test stack (moto DynamoDB, mock inference, cargo lambda watch), runs
+# format and lint checks, the Rust suites (unit, integration, end-to-end), the
+# template checks, and stops the stack.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+
+scripts/bootstrap.sh
+cargo fmt --all -- --check
+cargo clippy --quiet --workspace --all-targets -- -D warnings
+
+scripts/stack.sh up test
+trap 'scripts/stack.sh down test >/dev/null' EXIT
+
+if [ -f template.yaml ]; then
+  scripts/check-template.sh
+fi
+
+status=0
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast --test-threads 8 || status=$?
+else
+  cargo test --workspace --no-fail-fast || status=$?
+fi
+exit "$status"

@@ -1,0 +1,369 @@
+//! The harness of the integration and end-to-end tests: the running local stack
+//! (`scripts/stack.sh up test`, started by `scripts/test.sh`), reached over real
+//! HTTP the way the frontend reaches it, and the table read directly.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+pub type Item = HashMap<String, AttributeValue>;
+
+pub struct Stack {
+    pub env: HashMap<String, String>,
+    pub functions: String,
+    pub mock: String,
+    pub http: reqwest::Client,
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    pub table: String,
+    key: EncodingKey,
+}
+
+fn read_env_file(path: &PathBuf, into: &mut HashMap<String, String>) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|_| {
+        panic!(
+            "{} is missing: the tests need the local stack. Run `scripts/test.sh`, \
+             or `scripts/stack.sh up test` once and then cargo nextest.",
+            path.display()
+        )
+    });
+    for line in text.lines() {
+        if let Some((k, v)) = line.split_once('=') {
+            into.insert(k.to_owned(), v.trim_matches('\'').to_owned());
+        }
+    }
+}
+
+impl Stack {
+    pub async fn get() -> Arc<Stack> {
+        let dir = std::env::var("STACK_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.stack/test"));
+        let mut env = HashMap::new();
+        read_env_file(&dir.join("env"), &mut env);
+        read_env_file(&dir.join("client.env"), &mut env);
+        let pem = std::fs::read(&env["JWT_PRIVATE_KEY_FILE"]).expect("stack private key");
+        let conf = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+            .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+            .endpoint_url(&env["AWS_ENDPOINT_URL_DYNAMODB"])
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+                "local", "local", None, None, "tests",
+            ))
+            .build();
+        Arc::new(Stack {
+            functions: env["FUNCTIONS_URL"].clone(),
+            mock: env["MOCK_INFERENCE_URL"].clone(),
+            table: env["TABLE_NAME"].clone(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("http client"),
+            dynamodb: aws_sdk_dynamodb::Client::from_conf(conf),
+            key: EncodingKey::from_rsa_pem(&pem).expect("stack key"),
+            env,
+        })
+    }
+
+    pub fn sign(&self, claims: &Value) -> String {
+        jsonwebtoken::encode(&Header::new(Algorithm::RS256), claims, &self.key).expect("sign")
+    }
+
+    pub fn claims(user: Uuid) -> Value {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        json!({
+            "sub": user.to_string(), "email": "t@example.com", "name": "T",
+            "iat": now, "exp": now + 600, "iss": "samosachaat-auth", "type": "access",
+        })
+    }
+
+    pub fn token(&self, user: Uuid) -> String {
+        self.sign(&Self::claims(user))
+    }
+
+    pub fn url(&self, function: &str, path: &str) -> String {
+        format!("{}/{function}{path}", self.functions)
+    }
+
+    /// A new user with a token.
+    pub fn user(&self) -> User {
+        let id = Uuid::new_v4();
+        User {
+            id,
+            token: self.token(id),
+        }
+    }
+
+    pub async fn create_conversation(&self, user: &User) -> Uuid {
+        self.create_conversation_with(user, json!({})).await
+    }
+
+    pub async fn create_conversation_with(&self, user: &User, body: Value) -> Uuid {
+        let resp = self
+            .http
+            .post(self.url("conversations", "/api/conversations"))
+            .bearer_auth(&user.token)
+            .json(&body)
+            .send()
+            .await
+            .expect("create conversation");
+        assert_eq!(resp.status(), 201, "create conversation");
+        let body: Value = resp.json().await.expect("json");
+        Uuid::parse_str(body["id"].as_str().expect("id")).expect("uuid")
+    }
+
+    pub async fn get_conversation(&self, user: &User, id: Uuid) -> (u16, Value) {
+        let resp = self
+            .http
+            .get(self.url("conversations", &format!("/api/conversations/{id}")))
+            .bearer_auth(&user.token)
+            .send()
+            .await
+            .expect("get conversation");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Registers what the mock upstream answers to the next request whose last
+    /// user message contains `scenario.match`.
+    pub async fn scenario(&self, scenario: Value) {
+        let resp = self
+            .http
+            .post(format!("{}/__mock/scenarios", self.mock))
+            .json(&scenario)
+            .send()
+            .await
+            .expect("mock scenario");
+        assert_eq!(resp.status(), 201, "mock scenario {scenario}");
+    }
+
+    /// What the mock upstream received for requests matching `marker`.
+    pub async fn upstream_requests(&self, marker: &str) -> Vec<Value> {
+        self.http
+            .get(format!(
+                "{}/__mock/requests?match={}",
+                self.mock,
+                marker.replace('%', "%25").replace(' ', "%20")
+            ))
+            .send()
+            .await
+            .expect("mock requests")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    pub async fn post_stream(&self, function: &str, user: &User, id: &str, body: Value) -> Stream {
+        let action = if function == "send" {
+            "messages"
+        } else {
+            "regenerate"
+        };
+        let resp = self
+            .http
+            .post(self.url(function, &format!("/api/conversations/{id}/{action}")))
+            .bearer_auth(&user.token)
+            .json(&body)
+            .send()
+            .await
+            .expect("stream request");
+        Stream::read(resp).await
+    }
+
+    pub async fn send(&self, user: &User, id: Uuid, content: &str) -> Stream {
+        self.post_stream("send", user, &id.to_string(), json!({ "content": content }))
+            .await
+    }
+
+    pub async fn regenerate(&self, user: &User, id: Uuid) -> Stream {
+        self.post_stream("regenerate", user, &id.to_string(), json!({}))
+            .await
+    }
+
+    /// Every item of the conversation's partition, read directly from the table.
+    pub async fn items(&self, id: Uuid) -> Vec<Item> {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .dynamodb
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", AttributeValue::S(format!("CONV#{id}")))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .expect("query");
+            items.extend(out.items().iter().cloned());
+            match out.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => return items,
+            }
+        }
+    }
+
+    /// The conversation's messages as stored, oldest first: (role, content, status).
+    pub async fn stored_messages(&self, id: Uuid) -> Vec<Item> {
+        self.items(id)
+            .await
+            .into_iter()
+            .filter(|i| s(i, "sk").starts_with("M#"))
+            .collect()
+    }
+
+    pub async fn table_count(&self) -> usize {
+        let mut count = 0;
+        let mut start = None;
+        loop {
+            let out = self
+                .dynamodb
+                .scan()
+                .table_name(&self.table)
+                .select(aws_sdk_dynamodb::types::Select::Count)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .expect("scan");
+            count += out.count() as usize;
+            match out.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => return count,
+            }
+        }
+    }
+}
+
+pub struct User {
+    pub id: Uuid,
+    pub token: String,
+}
+
+pub fn s(item: &Item, name: &str) -> String {
+    match item.get(name) {
+        Some(AttributeValue::S(v)) => v.clone(),
+        Some(AttributeValue::N(v)) => v.clone(),
+        other => panic!("attribute {name} missing or not S/N: {other:?}"),
+    }
+}
+
+pub fn roles_and_contents(items: &[Item]) -> Vec<(String, String)> {
+    items
+        .iter()
+        .map(|i| (s(i, "role"), s(i, "content")))
+        .collect()
+}
+
+/// A unique marker for a test's messages, which routes its mock scenario.
+pub fn marker() -> String {
+    format!("m{}", Uuid::new_v4().simple())
+}
+
+/// A whole stream as the browser sees it.
+#[derive(Debug)]
+pub struct Stream {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub raw: Vec<u8>,
+    /// The JSON of every `data:` event, in order.
+    pub events: Vec<Value>,
+    pub pings: usize,
+}
+
+impl Stream {
+    pub async fn read(mut resp: reqwest::Response) -> Stream {
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let mut raw = Vec::new();
+        while let Some(chunk) = resp.chunk().await.expect("stream body") {
+            raw.extend_from_slice(&chunk);
+        }
+        Self::parse(status, headers, raw)
+    }
+
+    pub fn parse(status: u16, headers: reqwest::header::HeaderMap, raw: Vec<u8>) -> Stream {
+        let text = String::from_utf8_lossy(&raw).to_string();
+        let mut events = Vec::new();
+        let mut pings = 0;
+        for block in text.split("\n\n").filter(|b| !b.is_empty()) {
+            if block == ": ping" {
+                pings += 1;
+            } else if let Some(data) = block.strip_prefix("data: ") {
+                events.push(serde_json::from_str(data).unwrap_or(Value::String(data.to_owned())));
+            } else {
+                events.push(Value::String(block.to_owned()));
+            }
+        }
+        Stream {
+            status,
+            headers,
+            raw,
+            events,
+            pings,
+        }
+    }
+
+    pub fn tokens(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .filter_map(|e| e.get("token").and_then(Value::as_str).map(str::to_owned))
+            .collect()
+    }
+
+    pub fn last(&self) -> &Value {
+        self.events.last().expect("at least one event")
+    }
+
+    pub fn error(&self) -> Option<&str> {
+        self.events
+            .iter()
+            .find_map(|e| e.get("error").and_then(Value::as_str))
+    }
+
+    /// Asserts the stream ended with an error event then `{"done": true}`.
+    pub fn assert_failed_with(&self, code: &str) {
+        let n = self.events.len();
+        assert!(n >= 2, "events: {:?}", self.events);
+        assert_eq!(
+            self.events[n - 2]["error"],
+            code,
+            "events: {:?}",
+            self.events
+        );
+        assert_eq!(
+            self.events[n - 1],
+            json!({ "done": true }),
+            "events: {:?}",
+            self.events
+        );
+    }
+
+    pub fn message_id(&self) -> String {
+        let last = self.last();
+        assert_eq!(last["done"], true, "events: {:?}", self.events);
+        last["message_id"].as_str().expect("message_id").to_owned()
+    }
+}
+
+/// Polls `check` until it holds or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
