@@ -367,3 +367,34 @@ where
     }
     false
 }
+
+impl Stack {
+    /// The functions' own state, built from the stack's configuration, for tests
+    /// that drive the handlers in-process.
+    pub fn app_state(&self) -> Arc<samosachaat::AppState> {
+        let config = samosachaat::config::Config::from_lookup(|k| self.env.get(k).cloned())
+            .expect("stack config");
+        Arc::new(samosachaat::AppState::new(config, self.dynamodb.clone()).expect("state"))
+    }
+
+    /// A sample event of `events/`, its placeholders filled.
+    pub fn event(&self, file: &str, conversation: Uuid, token: &str) -> String {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../events")
+            .join(file);
+        std::fs::read_to_string(&path)
+            .expect("event file")
+            .replace("{{CONVERSATION_ID}}", &conversation.to_string())
+            .replace("{{TOKEN}}", token)
+    }
+}
+
+/// The whole body of an in-process response.
+pub async fn body_bytes<B>(body: B) -> Vec<u8>
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    use http_body_util::BodyExt;
+    body.collect().await.expect("body").to_bytes().to_vec()
+}

@@ -1,0 +1,266 @@
+//! The store against the local DynamoDB server (moto), with every request the SDK
+//! sends counted by an interceptor.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_dynamodb::error::BoxError;
+use common::Stack;
+use samosachaat::prompt::{Role, DEFAULT_TITLE};
+use samosachaat::store::{Conversation, Message, MessageStatus, Store, StoreError};
+use uuid::Uuid;
+
+#[derive(Debug, Default, Clone)]
+struct Counter(Arc<AtomicUsize>);
+
+impl Intercept for Counter {
+    fn name(&self) -> &'static str {
+        "request counter"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+async fn counted_store(stack: &Stack) -> (Store, Counter) {
+    let counter = Counter::default();
+    let conf = stack
+        .dynamodb
+        .config()
+        .to_builder()
+        .interceptor(counter.clone())
+        .build();
+    let client = aws_sdk_dynamodb::Client::from_conf(conf);
+    (Store::new(client, stack.table.clone()), counter)
+}
+
+fn message(conversation: &Conversation, role: Role, content: &str) -> Message {
+    Message {
+        id: Uuid::now_v7(),
+        conversation_id: conversation.id,
+        role,
+        content: content.to_owned(),
+        token_count: None,
+        model_tag: Some("default".into()),
+        inference_time_ms: None,
+        created_at: samosachaat::time_fmt::format(samosachaat::time_fmt::now()),
+        status: MessageStatus::Complete,
+    }
+}
+
+#[tokio::test]
+async fn one_query_loads_the_conversation_and_its_newest_messages() {
+    let stack = Stack::get().await;
+    let (store, counter) = counted_store(&stack).await;
+    let user = Uuid::new_v4();
+    let conversation = store
+        .create_conversation(user, DEFAULT_TITLE, "default")
+        .await
+        .expect("create");
+    let mut contents = Vec::new();
+    for i in 0..60 {
+        let role = if i % 2 == 0 {
+            Role::User
+        } else {
+            Role::Assistant
+        };
+        let m = message(&conversation, role, &format!("message {i}"));
+        store
+            .append_message(user, &conversation, &m, None)
+            .await
+            .expect("append");
+        contents.push(m.content);
+    }
+
+    let before = counter.0.load(Ordering::SeqCst);
+    let ctx = store
+        .load_chat(user, conversation.id, 51)
+        .await
+        .expect("load")
+        .expect("found");
+    assert_eq!(
+        counter.0.load(Ordering::SeqCst) - before,
+        1,
+        "exactly one request"
+    );
+    assert_eq!(ctx.conversation.id, conversation.id);
+    let loaded: Vec<&str> = ctx.recent.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(
+        loaded,
+        contents[9..].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        ctx.conversation.last_message_id,
+        ctx.recent.last().map(|m| m.id)
+    );
+
+    // Another user, or a conversation that does not exist: nothing.
+    assert!(store
+        .load_chat(Uuid::new_v4(), conversation.id, 51)
+        .await
+        .expect("load")
+        .is_none());
+    assert!(store
+        .load_chat(user, Uuid::new_v4(), 51)
+        .await
+        .expect("load")
+        .is_none());
+}
+
+#[tokio::test]
+async fn the_title_is_taken_once_and_never_over_a_rename() {
+    let stack = Stack::get().await;
+    let (store, _) = counted_store(&stack).await;
+    let user = Uuid::new_v4();
+    let conversation = store
+        .create_conversation(user, DEFAULT_TITLE, "default")
+        .await
+        .expect("create");
+    let renamed = store
+        .rename(user, conversation.id, "Mine")
+        .await
+        .expect("rename");
+    let m = message(&conversation, Role::User, "first question");
+    store
+        .append_message(user, &conversation, &m, Some("first question"))
+        .await
+        .expect("a renamed title does not stop the message");
+    let after = store
+        .get_conversation(user, conversation.id)
+        .await
+        .expect("get")
+        .expect("found");
+    assert_eq!(after.title, "Mine");
+    assert!(after.updated_at > renamed.updated_at);
+    assert_eq!(
+        store
+            .all_messages(conversation.id)
+            .await
+            .expect("messages")
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn message_writes_need_the_conversation_and_its_owner() {
+    let stack = Stack::get().await;
+    let (store, _) = counted_store(&stack).await;
+    let user = Uuid::new_v4();
+    let conversation = store
+        .create_conversation(user, DEFAULT_TITLE, "default")
+        .await
+        .expect("create");
+    let m = message(&conversation, Role::User, "q");
+
+    let foreign = store
+        .append_message(Uuid::new_v4(), &conversation, &m, None)
+        .await;
+    assert!(matches!(foreign, Err(StoreError::NotFound)), "{foreign:?}");
+    store
+        .delete_conversation(user, conversation.id)
+        .await
+        .expect("delete");
+    let gone = store.append_message(user, &conversation, &m, None).await;
+    assert!(matches!(gone, Err(StoreError::NotFound)), "{gone:?}");
+    assert!(stack.items(conversation.id).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_replacement_needs_the_expected_last_message() {
+    let stack = Stack::get().await;
+    let (store, _) = counted_store(&stack).await;
+    let user = Uuid::new_v4();
+    let conversation = store
+        .create_conversation(user, DEFAULT_TITLE, "default")
+        .await
+        .expect("create");
+    let q = message(&conversation, Role::User, "q");
+    store
+        .append_message(user, &conversation, &q, None)
+        .await
+        .expect("q");
+    let a = message(&conversation, Role::Assistant, "a");
+    store
+        .append_message(user, &conversation, &a, None)
+        .await
+        .expect("a");
+    let before = stack.items(conversation.id).await;
+
+    let stale = message(&conversation, Role::Assistant, "stale");
+    let result = store
+        .replace_answer(user, &conversation, q.id, Some(q.id), &stale)
+        .await;
+    assert!(matches!(result, Err(StoreError::Conflict)), "{result:?}");
+    assert_eq!(
+        stack.items(conversation.id).await,
+        before,
+        "a lost replacement changes nothing"
+    );
+
+    let new = message(&conversation, Role::Assistant, "new");
+    store
+        .replace_answer(user, &conversation, a.id, Some(a.id), &new)
+        .await
+        .expect("replace");
+    let contents: Vec<String> = store
+        .all_messages(conversation.id)
+        .await
+        .expect("messages")
+        .into_iter()
+        .map(|m| m.content)
+        .collect();
+    assert_eq!(contents, ["q", "new"]);
+    // The same replacement again: the old answer is gone, so it conflicts.
+    let again = store
+        .replace_answer(
+            user,
+            &conversation,
+            a.id,
+            Some(a.id),
+            &message(&conversation, Role::Assistant, "x"),
+        )
+        .await;
+    assert!(matches!(again, Err(StoreError::Conflict)), "{again:?}");
+}
+
+#[tokio::test]
+async fn concurrent_appends_all_land() {
+    let stack = Stack::get().await;
+    let (store, _) = counted_store(&stack).await;
+    let user = Uuid::new_v4();
+    let conversation = store
+        .create_conversation(user, DEFAULT_TITLE, "default")
+        .await
+        .expect("create");
+    let writes = (0..12).map(|i| {
+        let store = store.clone();
+        let conversation = conversation.clone();
+        async move {
+            let m = message(&conversation, Role::User, &format!("concurrent {i}"));
+            store.append_message(user, &conversation, &m, None).await
+        }
+    });
+    for result in futures_util::future::join_all(writes).await {
+        result.expect("append");
+    }
+    assert_eq!(
+        store
+            .all_messages(conversation.id)
+            .await
+            .expect("messages")
+            .len(),
+        12
+    );
+}
