@@ -18,8 +18,8 @@ dir="$root/.stack/$profile"
 venv="$root/.tools/venv"
 
 case "$profile" in
-  dev)  fn_port=9000;  ddb_port=8765;  inf_port=8766; ping_ms=15000; deadline=270; concurrency=4 ;;
-  test) fn_port=19000; ddb_port=18765; inf_port=18766; ping_ms=400;   deadline=6;   concurrency=64 ;;
+  dev)  fn_port=9000;  ddb_port=8765;  inf_port=8766; ping_ms=15000; deadline=270; concurrency=4;  token_ms=40 ;;
+  test) fn_port=19000; ddb_port=18765; inf_port=18766; ping_ms=400;   deadline=6;   concurrency=64; token_ms=5 ;;
   *) echo "unknown profile $profile (dev|test)" >&2; exit 2 ;;
 esac
 
@@ -97,7 +97,7 @@ EOF
 cargo build --quiet -p mock-inference -p stack -p send -p regenerate -p conversations
 
 start dynamodb "$venv/bin/moto_server" -H 127.0.0.1 -p "$ddb_port"
-start inference "$root/target/debug/mock-inference" --addr "127.0.0.1:$inf_port" --api-key "$api_key"
+start inference "$root/target/debug/mock-inference" --addr "127.0.0.1:$inf_port" --api-key "$api_key" --token-delay-ms "$token_ms"
 wait_http "http://127.0.0.1:$ddb_port/" 60 dynamodb
 wait_http "http://127.0.0.1:$inf_port/__mock/health" 30 inference
 
