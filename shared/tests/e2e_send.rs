@@ -408,8 +408,6 @@ async fn tokens_are_forwarded_as_they_arrive() {
         .send()
         .await
         .expect("request");
-    // The first token reaches the browser long before the last one is sent.
-    let started = std::time::Instant::now();
     let mut seen = Vec::new();
     while let Some(chunk) = resp.chunk().await.expect("chunk") {
         seen.extend_from_slice(&chunk);
@@ -417,15 +415,12 @@ async fn tokens_are_forwarded_as_they_arrive() {
             break;
         }
     }
-    let first = started.elapsed();
+    // t3 leaves the upstream 1.2 s after t1: seeing t1 without t3 means t1 was
+    // not held back behind later tokens (an ordering check, not a timing one).
     assert!(String::from_utf8_lossy(&seen).contains("\"t1\""));
     assert!(
         !String::from_utf8_lossy(&seen).contains("\"t3\""),
         "t1 was held back until t3"
-    );
-    assert!(
-        first < Duration::from_millis(1100),
-        "first token after {first:?}"
     );
     while resp.chunk().await.expect("chunk").is_some() {}
 }
