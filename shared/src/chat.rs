@@ -21,7 +21,7 @@ use crate::inference::InferenceRequest;
 use crate::prompt::{self, Role, Turn, DEFAULT_TITLE};
 use crate::relay::{self, Failure, Outcome, Sink, Timing};
 use crate::state::AppState;
-use crate::store::{Conversation, Message, MessageStatus, StoreError};
+use crate::store::{Claim, Conversation, IdempotencyKey, Message, MessageStatus, Replay, StoreError};
 use crate::time_fmt;
 
 /// How the answer of a stream is stored.
@@ -37,6 +37,15 @@ pub enum Persist {
     },
 }
 
+/// What an accepted request turns into.
+enum Prepared {
+    /// A CORS preflight.
+    Preflight,
+    Stream(Job),
+    /// A retry of a finished request with the same `Idempotency-Key`.
+    Replay(Replay),
+}
+
 /// Everything a stream needs once the request has been accepted.
 struct Job {
     state: Arc<AppState>,
@@ -46,6 +55,7 @@ struct Job {
     user_message: Option<(Message, Option<String>)>,
     request: InferenceRequest,
     persist: Persist,
+    idempotency: Option<IdempotencyKey>,
 }
 
 /// `POST /api/conversations/{id}/messages`
@@ -68,11 +78,12 @@ pub async fn regenerate(
 fn respond(
     state: &Arc<AppState>,
     req: &Request,
-    job: Result<Option<Job>, ApiError>,
+    prepared: Result<Prepared, ApiError>,
 ) -> Response<ResponseBody> {
-    let mut resp = match job {
-        Ok(Some(job)) => open_stream(job),
-        Ok(None) => api::preflight(&state.config, req),
+    let mut resp = match prepared {
+        Ok(Prepared::Stream(job)) => open_stream(job),
+        Ok(Prepared::Replay(replay)) => replay_stream(&replay),
+        Ok(Prepared::Preflight) => api::preflight(&state.config, req),
         Err(err) => {
             if let ApiError::Store(e) = &err {
                 warn!(error = %e, "store failure before the stream opened");
@@ -84,14 +95,15 @@ fn respond(
     resp
 }
 
-async fn prepare_send(state: &Arc<AppState>, req: &Request) -> Result<Option<Job>, ApiError> {
+async fn prepare_send(state: &Arc<AppState>, req: &Request) -> Result<Prepared, ApiError> {
     if req.method() == Method::OPTIONS {
-        return Ok(None);
+        return Ok(Prepared::Preflight);
     }
     let id = api::chat_route(req, "messages")?;
     let user = state.verifier.authenticate(req.headers())?.id;
     let id = api::conversation_id(id)?;
     let body = api::decode_send(api::body_bytes(req)?)?;
+    let key = api::idempotency_key(req.headers())?;
     let config = &state.config;
 
     // The history needs the newest `max_history - 1` stored messages besides the
@@ -119,25 +131,32 @@ async fn prepare_send(state: &Arc<AppState>, req: &Request) -> Result<Option<Job
 
     let mut turns: Vec<Turn> = ctx.recent.iter().map(Message::turn).collect();
     turns.push(message.turn());
+    let fingerprint = fingerprint("send", id, Some(&message.content), &body.params);
+    let idempotency = match claim(state, user, key, fingerprint).await? {
+        Ok(idempotency) => idempotency,
+        Err(replay) => return Ok(Prepared::Replay(replay)),
+    };
     let request = upstream_request(state, &turns, &body.params);
-    Ok(Some(Job {
+    Ok(Prepared::Stream(Job {
         state: state.clone(),
         user,
         conversation,
         user_message: Some((message, title)),
         request,
         persist: Persist::Append,
+        idempotency,
     }))
 }
 
-async fn prepare_regenerate(state: &Arc<AppState>, req: &Request) -> Result<Option<Job>, ApiError> {
+async fn prepare_regenerate(state: &Arc<AppState>, req: &Request) -> Result<Prepared, ApiError> {
     if req.method() == Method::OPTIONS {
-        return Ok(None);
+        return Ok(Prepared::Preflight);
     }
     let id = api::chat_route(req, "regenerate")?;
     let user = state.verifier.authenticate(req.headers())?.id;
     let id = api::conversation_id(id)?;
     let params = api::decode_regenerate(api::body_bytes(req)?)?;
+    let key = api::idempotency_key(req.headers())?;
     let ctx = state
         .store
         .load_chat(user, id, state.config.max_history + 1)
@@ -159,15 +178,66 @@ async fn prepare_regenerate(state: &Arc<AppState>, req: &Request) -> Result<Opti
         replaces: (last.role == Role::Assistant).then_some(last.id),
     };
     let turns: Vec<Turn> = ctx.recent[..=last_user].iter().map(Message::turn).collect();
+    let idempotency = match claim(state, user, key, fingerprint("regenerate", id, None, &params)).await? {
+        Ok(idempotency) => idempotency,
+        Err(replay) => return Ok(Prepared::Replay(replay)),
+    };
     let request = upstream_request(state, &turns, &params);
-    Ok(Some(Job {
+    Ok(Prepared::Stream(Job {
         state: state.clone(),
         user,
         conversation: ctx.conversation,
         user_message: None,
         request,
         persist,
+        idempotency,
     }))
+}
+
+/// A digest of what a request asks for, so a retry can be told from a reuse of
+/// its key for something else. `serde_json` maps are ordered, so it is stable.
+fn fingerprint(route: &str, conversation: Uuid, content: Option<&str>, params: &ChatParams) -> String {
+    use sha2::{Digest, Sha256};
+    let canonical = json!({
+        "route": route,
+        "conversation": conversation,
+        "content": content,
+        "temperature": params.temperature,
+        "max_tokens": params.max_tokens,
+        "top_k": params.top_k,
+        "thinking_mode": params.thinking_mode,
+        "force_web_search": params.force_web_search,
+    });
+    let digest = Sha256::digest(canonical.to_string().as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Claims the request's `Idempotency-Key`, if it has one. `Ok(Err(replay))` means a
+/// retry of a finished request: answer it from the record, run nothing.
+async fn claim(
+    state: &AppState,
+    user: Uuid,
+    key: Option<String>,
+    fingerprint: String,
+) -> Result<Result<Option<IdempotencyKey>, Replay>, ApiError> {
+    let Some(key) = key else {
+        return Ok(Ok(None));
+    };
+    let key = IdempotencyKey {
+        user,
+        key,
+        fingerprint,
+    };
+    match state.store.claim(&key).await? {
+        Claim::New => Ok(Ok(Some(key))),
+        Claim::Finished(replay) => Ok(Err(replay)),
+        Claim::Running => Err(ApiError::Conflict(
+            "a request with this Idempotency-Key is still in progress".into(),
+        )),
+        Claim::Mismatch => Err(ApiError::invalid(
+            "Idempotency-Key: already used for a different request",
+        )),
+    }
 }
 
 fn upstream_request(state: &AppState, turns: &[Turn], params: &ChatParams) -> InferenceRequest {
@@ -189,7 +259,10 @@ fn open_stream(job: Job) -> Response<ResponseBody> {
         kind = if job.user_message.is_some() { "send" } else { "regenerate" },
     );
     tokio::spawn(run(job, Sink::new(tx)).instrument(span));
+    stream_response(rx)
+}
 
+fn stream_response(rx: mpsc::UnboundedReceiver<bytes::Bytes>) -> Response<ResponseBody> {
     let mut resp = Response::new(ResponseBody::Stream(rx));
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
@@ -197,6 +270,25 @@ fn open_stream(job: Job) -> Response<ResponseBody> {
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     resp
+}
+
+/// What a finished request's retry sees: the stored answer as one token event,
+/// then the ending the first request had.
+fn replay_stream(replay: &Replay) -> Response<ResponseBody> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut sink = Sink::new(tx);
+    if !replay.content.is_empty() {
+        sink.event(&json!({ "token": replay.content }));
+    }
+    match replay.error.as_deref().map(serde_json::from_str::<serde_json::Value>) {
+        Some(Ok(error)) => finish_with_error(&mut sink, error),
+        Some(Err(_)) => finish_with_error(&mut sink, json!({ "error": "persist_failed" })),
+        None => match replay.message_id {
+            Some(id) => sink.event(&json!({ "done": true, "message_id": id })),
+            None => sink.event(&json!({ "done": true })),
+        },
+    }
+    stream_response(rx)
 }
 
 async fn run(job: Job, mut sink: Sink) {
@@ -251,7 +343,9 @@ async fn run(job: Job, mut sink: Sink) {
 
     if let Err(e) = stored_user {
         warn!(error = %e, "user message not stored");
-        finish_with_error(&mut sink, json!({ "error": "persist_failed" }));
+        let error = json!({ "error": "persist_failed" });
+        record(&job, None, Some(&error)).await;
+        finish_with_error(&mut sink, error);
         return;
     }
     let Some(outcome) = outcome else {
@@ -286,21 +380,31 @@ async fn conclude(job: &Job, outcome: Outcome, sink: &mut Sink) {
             created_at: time_fmt::format(time_fmt::now()),
             status,
         };
-        let conversation = &job.conversation;
+        // The idempotency record finishes in the answer's own transaction.
+        let finish = match &job.idempotency {
+            Some(key) => {
+                let replay = Replay {
+                    content: answer.content.clone(),
+                    message_id: Some(answer.id),
+                    error: outcome.failure.map(|f| f.event().to_string()),
+                };
+                job.state.store.finish_item(key, &replay).ok()
+            }
+            None => None,
+        };
+        let store = &job.state.store;
         let result = match job.persist {
             Persist::Append => {
-                job.state
-                    .store
-                    .append_message(job.user, conversation, &answer, None)
+                store
+                    .append_message_with(job.user, &job.conversation, &answer, None, finish)
                     .await
             }
             Persist::Replace {
                 expected_last,
                 replaces,
             } => {
-                job.state
-                    .store
-                    .replace_answer(job.user, conversation, expected_last, replaces, &answer)
+                store
+                    .replace_answer(job.user, &job.conversation, expected_last, replaces, &answer, finish)
                     .await
             }
         };
@@ -316,27 +420,47 @@ async fn conclude(job: &Job, outcome: Outcome, sink: &mut Sink) {
         "stream finished"
     );
 
-    match (outcome.failure, stored) {
-        (None, Some(Ok(id))) => {
-            sink.event(&json!({ "done": true, "message_id": id }));
-        }
-        (None, Some(Err(StoreError::Conflict))) => {
-            finish_with_error(sink, json!({ "error": "conflict" }));
-        }
-        (None, Some(Err(e))) => {
-            warn!(error = %e, "answer not stored");
-            finish_with_error(sink, json!({ "error": "persist_failed" }));
-        }
-        (None, None) => {
-            // `done` with no token at all: nothing to store, nothing lost.
-            sink.event(&json!({ "done": true }));
-        }
+    let error = match (outcome.failure, &stored) {
         (Some(failure), stored) => {
             if let Some(Err(e)) = stored {
                 warn!(error = %e, "partial answer not stored");
             }
-            finish_with_error(sink, failure.event());
+            Some(failure.event())
         }
+        (None, Some(Err(StoreError::Conflict))) => Some(json!({ "error": "conflict" })),
+        (None, Some(Err(e))) => {
+            warn!(error = %e, "answer not stored");
+            Some(json!({ "error": "persist_failed" }))
+        }
+        (None, _) => None,
+    };
+    match (&stored, error) {
+        (Some(Ok(id)), None) => sink.event(&json!({ "done": true, "message_id": id })),
+        (Some(Ok(_)), Some(error)) => finish_with_error(sink, error),
+        (_, error) => {
+            // Nothing stored: the record (if any) is finished on its own.
+            record(job, None, error.as_ref()).await;
+            match error {
+                Some(error) => finish_with_error(sink, error),
+                // `done` with no token at all: nothing to store, nothing lost.
+                None => sink.event(&json!({ "done": true })),
+            }
+        }
+    }
+}
+
+/// Finishes the request's idempotency record when no answer carried it.
+async fn record(job: &Job, message_id: Option<Uuid>, error: Option<&serde_json::Value>) {
+    let Some(key) = &job.idempotency else {
+        return;
+    };
+    let replay = Replay {
+        content: String::new(),
+        message_id,
+        error: error.map(ToString::to_string),
+    };
+    if let Err(e) = job.state.store.finish(key, &replay).await {
+        warn!(error = %e, "idempotency record not finished");
     }
 }
 

@@ -13,6 +13,8 @@ use crate::store::{classify, StoreError, USER_INDEX};
 pub const TABLE_KEYS: [(&str, &str); 2] = [("pk", "HASH"), ("sk", "RANGE")];
 /// (attribute, key type) of the user index.
 pub const USER_INDEX_KEYS: [(&str, &str); 2] = [("user_id", "HASH"), ("updated_at", "RANGE")];
+/// Idempotency records expire through DynamoDB's TTL on this attribute.
+pub const TTL_ATTRIBUTE: &str = "expires_at";
 /// Every key attribute is a string.
 pub const KEY_ATTRIBUTES: [&str; 4] = ["pk", "sk", "user_id", "updated_at"];
 

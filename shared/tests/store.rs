@@ -200,7 +200,7 @@ async fn a_replacement_needs_the_expected_last_message() {
 
     let stale = message(&conversation, Role::Assistant, "stale");
     let result = store
-        .replace_answer(user, &conversation, q.id, Some(q.id), &stale)
+        .replace_answer(user, &conversation, q.id, Some(q.id), &stale, None)
         .await;
     assert!(matches!(result, Err(StoreError::Conflict)), "{result:?}");
     assert_eq!(
@@ -211,7 +211,7 @@ async fn a_replacement_needs_the_expected_last_message() {
 
     let new = message(&conversation, Role::Assistant, "new");
     store
-        .replace_answer(user, &conversation, a.id, Some(a.id), &new)
+        .replace_answer(user, &conversation, a.id, Some(a.id), &new, None)
         .await
         .expect("replace");
     let contents: Vec<String> = store
@@ -230,6 +230,7 @@ async fn a_replacement_needs_the_expected_last_message() {
             a.id,
             Some(a.id),
             &message(&conversation, Role::Assistant, "x"),
+            None,
         )
         .await;
     assert!(matches!(again, Err(StoreError::Conflict)), "{again:?}");
