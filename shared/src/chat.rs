@@ -21,7 +21,9 @@ use crate::inference::InferenceRequest;
 use crate::prompt::{self, Role, Turn, DEFAULT_TITLE};
 use crate::relay::{self, Failure, Outcome, Sink, Timing};
 use crate::state::AppState;
-use crate::store::{Claim, Conversation, IdempotencyKey, Message, MessageStatus, Replay, StoreError};
+use crate::store::{
+    Claim, Conversation, IdempotencyKey, Message, MessageStatus, Replay, StoreError,
+};
 use crate::time_fmt;
 
 /// How the answer of a stream is stored.
@@ -178,7 +180,14 @@ async fn prepare_regenerate(state: &Arc<AppState>, req: &Request) -> Result<Prep
         replaces: (last.role == Role::Assistant).then_some(last.id),
     };
     let turns: Vec<Turn> = ctx.recent[..=last_user].iter().map(Message::turn).collect();
-    let idempotency = match claim(state, user, key, fingerprint("regenerate", id, None, &params)).await? {
+    let idempotency = match claim(
+        state,
+        user,
+        key,
+        fingerprint("regenerate", id, None, &params),
+    )
+    .await?
+    {
         Ok(idempotency) => idempotency,
         Err(replay) => return Ok(Prepared::Replay(replay)),
     };
@@ -196,7 +205,12 @@ async fn prepare_regenerate(state: &Arc<AppState>, req: &Request) -> Result<Prep
 
 /// A digest of what a request asks for, so a retry can be told from a reuse of
 /// its key for something else. `serde_json` maps are ordered, so it is stable.
-fn fingerprint(route: &str, conversation: Uuid, content: Option<&str>, params: &ChatParams) -> String {
+fn fingerprint(
+    route: &str,
+    conversation: Uuid,
+    content: Option<&str>,
+    params: &ChatParams,
+) -> String {
     use sha2::{Digest, Sha256};
     let canonical = json!({
         "route": route,
@@ -280,7 +294,11 @@ fn replay_stream(replay: &Replay) -> Response<ResponseBody> {
     if !replay.content.is_empty() {
         sink.event(&json!({ "token": replay.content }));
     }
-    match replay.error.as_deref().map(serde_json::from_str::<serde_json::Value>) {
+    match replay
+        .error
+        .as_deref()
+        .map(serde_json::from_str::<serde_json::Value>)
+    {
         Some(Ok(error)) => finish_with_error(&mut sink, error),
         Some(Err(_)) => finish_with_error(&mut sink, json!({ "error": "persist_failed" })),
         None => match replay.message_id {
@@ -404,7 +422,14 @@ async fn conclude(job: &Job, outcome: Outcome, sink: &mut Sink) {
                 replaces,
             } => {
                 store
-                    .replace_answer(job.user, &job.conversation, expected_last, replaces, &answer, finish)
+                    .replace_answer(
+                        job.user,
+                        &job.conversation,
+                        expected_last,
+                        replaces,
+                        &answer,
+                        finish,
+                    )
                     .await
             }
         };

@@ -65,13 +65,26 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError
             .map_err(|e| StoreError::Other(e.to_string()))?,
     );
     match req.send().await {
-        Ok(_) => Ok(()),
+        Ok(_) => {}
         Err(e)
             if e.as_service_error()
                 .is_some_and(|s| s.is_resource_in_use_exception()) =>
         {
-            Ok(())
+            return Ok(())
         }
-        Err(e) => Err(classify(e)),
+        Err(e) => return Err(classify(e)),
     }
+    let ttl = TimeToLiveSpecification::builder()
+        .attribute_name(TTL_ATTRIBUTE)
+        .enabled(true)
+        .build()
+        .map_err(|e| StoreError::Other(e.to_string()))?;
+    client
+        .update_time_to_live()
+        .table_name(table)
+        .time_to_live_specification(ttl)
+        .send()
+        .await
+        .map_err(classify)?;
+    Ok(())
 }

@@ -657,7 +657,10 @@ impl Store {
             .item("sk", s(META_SK))
             .item("fingerprint", s(&key.fingerprint))
             .item("state", s("running"))
-            .item("expires_at", AttributeValue::N((now + IDEMPOTENCY_TTL_SECS).to_string()))
+            .item(
+                "expires_at",
+                AttributeValue::N((now + IDEMPOTENCY_TTL_SECS).to_string()),
+            )
             .condition_expression("attribute_not_exists(pk) OR expires_at < :now")
             .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
             .send()
@@ -735,7 +738,10 @@ impl Store {
                 values.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
             ))
             .set_expression_attribute_names(Some(
-                names.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+                names
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect(),
             ))
             .send()
             .await

@@ -6,8 +6,19 @@ use common::{marker, roles_and_contents, s, Stack, Stream, User};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-async fn post(stack: &Stack, user: &User, function: &str, id: Uuid, key: &str, body: Value) -> Stream {
-    let action = if function == "send" { "messages" } else { "regenerate" };
+async fn post(
+    stack: &Stack,
+    user: &User,
+    function: &str,
+    id: Uuid,
+    key: &str,
+    body: Value,
+) -> Stream {
+    let action = if function == "send" {
+        "messages"
+    } else {
+        "regenerate"
+    };
     let resp = stack
         .http
         .post(stack.url(function, &format!("/api/conversations/{id}/{action}")))
@@ -27,7 +38,9 @@ async fn a_retry_after_completion_replays_the_stored_answer() {
     let id = stack.create_conversation(&user).await;
     let m = marker();
     let key = format!("key-{m}");
-    stack.scenario(json!({"match": m, "tokens": ["Hel", "lo", "!"]})).await;
+    stack
+        .scenario(json!({"match": m, "tokens": ["Hel", "lo", "!"]}))
+        .await;
     let body = json!({"content": format!("retry me {m}")});
 
     let first = post(&stack, &user, "send", id, &key, body.clone()).await;
@@ -35,11 +48,27 @@ async fn a_retry_after_completion_replays_the_stored_answer() {
     let retry = post(&stack, &user, "send", id, &key, body).await;
     assert_eq!(retry.status, 200);
     assert_eq!(retry.headers["content-type"], "text/event-stream");
-    assert_eq!(retry.events, [json!({"token": "Hello!"}), json!({"done": true, "message_id": message_id})]);
+    assert_eq!(
+        retry.events,
+        [
+            json!({"token": "Hello!"}),
+            json!({"done": true, "message_id": message_id})
+        ]
+    );
 
     let stored = roles_and_contents(&stack.stored_messages(id).await);
-    assert_eq!(stored, [("user".into(), format!("retry me {m}")), ("assistant".into(), "Hello!".into())]);
-    assert_eq!(stack.upstream_requests(&m).await.len(), 1, "the upstream was called once");
+    assert_eq!(
+        stored,
+        [
+            ("user".into(), format!("retry me {m}")),
+            ("assistant".into(), "Hello!".into())
+        ]
+    );
+    assert_eq!(
+        stack.upstream_requests(&m).await.len(),
+        1,
+        "the upstream was called once"
+    );
 }
 
 #[tokio::test]
@@ -49,14 +78,24 @@ async fn a_retry_while_running_is_409_and_a_different_body_is_422() {
     let id = stack.create_conversation(&user).await;
     let m = marker();
     let key = format!("key-{m}");
-    stack.scenario(json!({"match": m, "tokens": ["slow"], "first_token_delay_ms": 1500})).await;
+    stack
+        .scenario(json!({"match": m, "tokens": ["slow"], "first_token_delay_ms": 1500}))
+        .await;
     let body = json!({"content": format!("long one {m}")});
 
     let first = post(&stack, &user, "send", id, &key, body.clone());
     let during = async {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         let running = post(&stack, &user, "send", id, &key, body.clone()).await;
-        let other = post(&stack, &user, "send", id, &key, json!({"content": format!("other {m}")})).await;
+        let other = post(
+            &stack,
+            &user,
+            "send",
+            id,
+            &key,
+            json!({"content": format!("other {m}")}),
+        )
+        .await;
         (running, other)
     };
     let (first, (running, other)) = tokio::join!(first, during);
@@ -64,8 +103,15 @@ async fn a_retry_while_running_is_409_and_a_different_body_is_422() {
     assert_eq!(running.status, 409);
     assert_eq!(other.status, 422);
     let detail: Value = serde_json::from_slice(&other.raw).expect("json");
-    assert!(detail["detail"].as_str().expect("detail").starts_with("Idempotency-Key"));
-    assert_eq!(stack.stored_messages(id).await.len(), 2, "one user message, one answer");
+    assert!(detail["detail"]
+        .as_str()
+        .expect("detail")
+        .starts_with("Idempotency-Key"));
+    assert_eq!(
+        stack.stored_messages(id).await.len(),
+        2,
+        "one user message, one answer"
+    );
 }
 
 #[tokio::test]
@@ -77,7 +123,9 @@ async fn a_retry_of_a_failed_send_replays_the_failure_without_a_second_message()
     let key = format!("key-{m}");
     stack.scenario(json!({"match": m, "status": 502})).await;
     let body = json!({"content": format!("unlucky {m}")});
-    post(&stack, &user, "send", id, &key, body.clone()).await.assert_failed_with("inference_error");
+    post(&stack, &user, "send", id, &key, body.clone())
+        .await
+        .assert_failed_with("inference_error");
     let retry = post(&stack, &user, "send", id, &key, body).await;
     retry.assert_failed_with("inference_error");
     assert_eq!(retry.events.len(), 2);
@@ -92,18 +140,54 @@ async fn keys_are_per_user_and_regenerate_honours_them() {
     let bob = stack.user();
     let m = marker();
     let key = format!("shared-{m}");
-    stack.scenario(json!({"match": m, "tokens": ["a"], "repeat": true})).await;
+    stack
+        .scenario(json!({"match": m, "tokens": ["a"], "repeat": true}))
+        .await;
     let alice_id = stack.create_conversation(&alice).await;
     let bob_id = stack.create_conversation(&bob).await;
-    post(&stack, &alice, "send", alice_id, &key, json!({"content": format!("x {m}")})).await.message_id();
+    post(
+        &stack,
+        &alice,
+        "send",
+        alice_id,
+        &key,
+        json!({"content": format!("x {m}")}),
+    )
+    .await
+    .message_id();
     // Bob's identical key is his own.
-    post(&stack, &bob, "send", bob_id, &key, json!({"content": format!("x {m}")})).await.message_id();
+    post(
+        &stack,
+        &bob,
+        "send",
+        bob_id,
+        &key,
+        json!({"content": format!("x {m}")}),
+    )
+    .await
+    .message_id();
     assert_eq!(stack.stored_messages(bob_id).await.len(), 2);
 
     let regen_key = format!("regen-{m}");
-    let first = post(&stack, &alice, "regenerate", alice_id, &regen_key, json!({})).await;
+    let first = post(
+        &stack,
+        &alice,
+        "regenerate",
+        alice_id,
+        &regen_key,
+        json!({}),
+    )
+    .await;
     let id = first.message_id();
-    let retry = post(&stack, &alice, "regenerate", alice_id, &regen_key, json!({})).await;
+    let retry = post(
+        &stack,
+        &alice,
+        "regenerate",
+        alice_id,
+        &regen_key,
+        json!({}),
+    )
+    .await;
     assert_eq!(retry.message_id(), id);
     let stored = stack.stored_messages(alice_id).await;
     assert_eq!(stored.len(), 2);
