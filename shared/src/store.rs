@@ -832,7 +832,28 @@ where
             | "ThrottlingException"
             | "RequestLimitExceeded",
         ) => StoreError::Throttled(code.unwrap_or_default()),
-        _ => StoreError::Other(DisplayErrorContext(&err).to_string()),
+        _ => StoreError::Other(describe(&err)),
+    }
+}
+
+/// An error description safe to log: service messages can echo item values (a
+/// user's message text), so only their code is kept.
+fn describe<E, R>(err: &SdkError<E, R>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
+    match err {
+        SdkError::ServiceError(e) => {
+            format!("service error {}", e.err().code().unwrap_or("(no code)"))
+        }
+        SdkError::TimeoutError(_) => "timeout".to_owned(),
+        SdkError::DispatchFailure(_) => {
+            format!("dispatch failure: {}", DisplayErrorContext(err))
+        }
+        SdkError::ResponseError(_) => "unreadable response".to_owned(),
+        SdkError::ConstructionFailure(_) => "request construction failed".to_owned(),
+        _ => "unknown error".to_owned(),
     }
 }
 
