@@ -3,6 +3,8 @@
 //! ```text
 //! stack create-table                      create the table (TABLE_NAME) on the local endpoint
 //! stack token [--user UUID] [--ttl SECS]  mint an access token like the auth service's
+//! stack conversation [--user UUID]      create a conversation through the conversations
+//!                                         function and print its id
 //! stack chat [--user UUID] [--conversation ID] MESSAGE
 //!                                         create a conversation (unless given) through the
 //!                                         conversations function and stream a reply from send
@@ -51,6 +53,14 @@ async fn run(args: &[String]) -> Result<(), BoxError> {
             Ok(())
         }
         "chat" => chat(&opts).await,
+        "conversation" => {
+            let token = mint(opts.user()?, opts.ttl)?;
+            println!(
+                "{}",
+                create_conversation(&reqwest::Client::new(), &functions_url(), &token).await?
+            );
+            Ok(())
+        }
         other => Err(format!("unknown command {other:?}").into()),
     }
 }
@@ -116,8 +126,7 @@ fn mint(user: Uuid, ttl: i64) -> Result<String, BoxError> {
 }
 
 async fn chat(opts: &Opts) -> Result<(), BoxError> {
-    let base = std::env::var("FUNCTIONS_URL")
-        .unwrap_or_else(|_| "http://127.0.0.1:9000/lambda-url".into());
+    let base = functions_url();
     let message = opts.words.join(" ");
     if message.is_empty() {
         return Err("chat needs a message".into());
@@ -126,21 +135,7 @@ async fn chat(opts: &Opts) -> Result<(), BoxError> {
     let http = reqwest::Client::new();
     let conversation = match opts.conversation {
         Some(id) => id,
-        None => {
-            let resp = http
-                .post(format!("{base}/conversations/api/conversations"))
-                .bearer_auth(&token)
-                .json(&serde_json::json!({}))
-                .send()
-                .await?;
-            let status = resp.status();
-            let body: serde_json::Value = resp.json().await?;
-            if status != reqwest::StatusCode::CREATED {
-                return Err(format!("create conversation: {status} {body}").into());
-            }
-            let id = body["id"].as_str().ok_or("create conversation: no id")?;
-            Uuid::parse_str(id)?
-        }
+        None => create_conversation(&http, &base, &token).await?,
     };
     eprintln!("conversation {conversation}");
     eprint!("you: {message}\nsamosaChaat: ");
@@ -182,4 +177,29 @@ async fn chat(opts: &Opts) -> Result<(), BoxError> {
         "\nsend more:  scripts/dev.sh chat --conversation {conversation} your next message\nread it:    curl -s -H \"authorization: Bearer $(scripts/dev.sh token)\" {base}/conversations/api/conversations/{conversation}"
     );
     Ok(())
+}
+
+fn functions_url() -> String {
+    std::env::var("FUNCTIONS_URL").unwrap_or_else(|_| "http://127.0.0.1:9000/lambda-url".into())
+}
+
+/// Creates a conversation the way the frontend does: through the function.
+async fn create_conversation(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+) -> Result<Uuid, BoxError> {
+    let resp = http
+        .post(format!("{base}/conversations/api/conversations"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({}))
+        .send()
+        .await?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await?;
+    if status != reqwest::StatusCode::CREATED {
+        return Err(format!("create conversation: {status} {body}").into());
+    }
+    let id = body["id"].as_str().ok_or("create conversation: no id")?;
+    Ok(Uuid::parse_str(id)?)
 }
