@@ -7,7 +7,10 @@
 #
 # `dev` listens on 9000 (functions), 8765 (DynamoDB), 8766 (inference);
 # `test` on 19000, 18765, 18766 with short ping and deadline settings, so the two
-# can run side by side. Everything lives in .stack/<profile>/ (git-ignored).
+# can run side by side. The functions reach DynamoDB through `fault-proxy`
+# (dev/fault-proxy) on the DynamoDB port + 10 (8775 / 18775), where tests inject
+# faults; tests read the table directly (DYNAMODB_DIRECT_URL).
+# Everything lives in .stack/<profile>/ (git-ignored).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -22,6 +25,7 @@ case "$profile" in
   test) fn_port=19000; ddb_port=18765; inf_port=18766; ping_ms=400;   deadline=6;   concurrency=64; token_ms=5 ;;
   *) echo "unknown profile $profile (dev|test)" >&2; exit 2 ;;
 esac
+proxy_port=$((ddb_port + 10))
 
 stop() {
   if [ -d "$dir/pids" ]; then
@@ -80,7 +84,7 @@ JWT_ISSUER=samosachaat-auth
 ALLOWED_ORIGINS=http://localhost:3000
 PING_INTERVAL_MS=$ping_ms
 INFERENCE_DEADLINE_SECS=$deadline
-AWS_ENDPOINT_URL_DYNAMODB=http://127.0.0.1:$ddb_port
+AWS_ENDPOINT_URL_DYNAMODB=http://127.0.0.1:$proxy_port
 AWS_REGION=us-east-1
 AWS_ACCESS_KEY_ID=local
 AWS_SECRET_ACCESS_KEY=local
@@ -92,13 +96,17 @@ FUNCTIONS_URL=http://127.0.0.1:$fn_port/lambda-url
 MOCK_INFERENCE_URL=http://127.0.0.1:$inf_port
 JWT_PRIVATE_KEY_FILE=$dir/jwt-private.pem
 STACK_DIR=$dir
+DYNAMODB_DIRECT_URL=http://127.0.0.1:$ddb_port
+FAULT_PROXY_URL=http://127.0.0.1:$proxy_port
 EOF
 
-cargo build --quiet -p mock-inference -p stack -p send -p regenerate -p conversations
+cargo build --quiet -p mock-inference -p fault-proxy -p stack -p send -p regenerate -p conversations
 
 start dynamodb "$venv/bin/moto_server" -H 127.0.0.1 -p "$ddb_port"
 start inference "$root/target/debug/mock-inference" --addr "127.0.0.1:$inf_port" --api-key "$api_key" --token-delay-ms "$token_ms"
 wait_http "http://127.0.0.1:$ddb_port/" 60 dynamodb
+start faults "$root/target/debug/fault-proxy" --listen "127.0.0.1:$proxy_port" --upstream "http://127.0.0.1:$ddb_port"
+wait_http "http://127.0.0.1:$proxy_port/__faults/health" 30 faults
 wait_http "http://127.0.0.1:$inf_port/__mock/health" 30 inference
 
 set -a; . "$dir/env"; . "$dir/client.env"; set +a

@@ -492,10 +492,13 @@ impl Store {
             items.extend(extra.clone());
             match self.transact(items).await {
                 Ok(()) => return Ok(()),
+                Err(TxError::ConditionFailed(failed)) if already_written(&failed, 1) => {
+                    return Ok(())
+                }
                 // The title condition failed (renamed meanwhile): keep the user's
                 // title and store the message anyway.
-                Err(TxError::ConditionFailed) if title.is_some() => title = None,
-                Err(TxError::ConditionFailed) => return Err(StoreError::NotFound),
+                Err(TxError::ConditionFailed(_)) if title.is_some() => title = None,
+                Err(TxError::ConditionFailed(_)) => return Err(StoreError::NotFound),
                 Err(TxError::Contended) if attempt + 1 < TRANSACTION_ATTEMPTS => {
                     attempt += 1;
                     tokio::time::sleep(backoff(attempt)).await;
@@ -546,11 +549,15 @@ impl Store {
                     .map_err(build_err)?;
                 items.push(TransactWriteItem::builder().delete(delete).build());
             }
+            let put_at = items.len();
             items.push(self.put_message(answer)?);
             items.extend(extra.clone());
             match self.transact(items).await {
                 Ok(()) => return Ok(()),
-                Err(TxError::ConditionFailed) => return Err(StoreError::Conflict),
+                Err(TxError::ConditionFailed(failed)) if already_written(&failed, put_at) => {
+                    return Ok(())
+                }
+                Err(TxError::ConditionFailed(_)) => return Err(StoreError::Conflict),
                 Err(TxError::Contended) if attempt + 1 < TRANSACTION_ATTEMPTS => {
                     attempt += 1;
                     tokio::time::sleep(backoff(attempt)).await;
@@ -782,7 +789,8 @@ pub enum CursorOr<E> {
 }
 
 enum TxError {
-    ConditionFailed,
+    /// Which items' conditions failed, in the order they were sent.
+    ConditionFailed(Vec<bool>),
     Contended,
     Store(StoreError),
 }
@@ -793,13 +801,15 @@ where
 {
     if let SdkError::ServiceError(service) = &err {
         if let TransactWriteItemsError::TransactionCanceledException(cancel) = service.err() {
-            let codes: Vec<&str> = cancel
-                .cancellation_reasons()
-                .iter()
-                .filter_map(|r| r.code())
-                .collect();
+            let reasons = cancel.cancellation_reasons();
+            let codes: Vec<&str> = reasons.iter().filter_map(|r| r.code()).collect();
             if codes.contains(&"ConditionalCheckFailed") {
-                return TxError::ConditionFailed;
+                return TxError::ConditionFailed(
+                    reasons
+                        .iter()
+                        .map(|r| r.code() == Some("ConditionalCheckFailed"))
+                        .collect(),
+                );
             }
             if codes.iter().any(|c| {
                 matches!(
@@ -815,6 +825,14 @@ where
         }
     }
     TxError::Store(classify(err))
+}
+
+/// The message Put is conditional on its key being free, and message ids are
+/// made fresh for each write: if that condition failed, the item there is this
+/// very message, written by an earlier attempt whose response was lost (a
+/// timeout or a reset after DynamoDB applied it). The write is done.
+fn already_written(failed: &[bool], put_at: usize) -> bool {
+    failed.get(put_at).copied().unwrap_or(false)
 }
 
 /// Maps an SDK error to what callers act on. The SDK has already retried what

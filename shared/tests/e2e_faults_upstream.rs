@@ -18,7 +18,7 @@ fn state_with(stack: &Stack, overrides: &[(&str, &str)]) -> Arc<AppState> {
         env.insert((*k).to_owned(), (*v).to_owned());
     }
     let config = Config::from_lookup(|k| env.get(k).cloned()).expect("config");
-    Arc::new(AppState::new(config, stack.dynamodb.clone()).expect("state"))
+    Arc::new(AppState::new(config, stack.functions_dynamodb()).expect("state"))
 }
 
 async fn send_in_process(

@@ -36,7 +36,7 @@ impl Intercept for Counter {
 async fn counted_store(stack: &Stack) -> (Store, Counter) {
     let counter = Counter::default();
     let conf = stack
-        .dynamodb
+        .functions_dynamodb()
         .config()
         .to_builder()
         .interceptor(counter.clone())

@@ -52,7 +52,12 @@ impl Stack {
         let conf = aws_sdk_dynamodb::Config::builder()
             .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
             .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
-            .endpoint_url(&env["AWS_ENDPOINT_URL_DYNAMODB"])
+            // Straight to the DynamoDB server: test reads bypass the fault proxy
+            // the functions go through.
+            .endpoint_url(
+                env.get("DYNAMODB_DIRECT_URL")
+                    .unwrap_or(&env["AWS_ENDPOINT_URL_DYNAMODB"]),
+            )
             .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
                 "local", "local", None, None, "tests",
             ))
@@ -374,7 +379,20 @@ impl Stack {
     pub fn app_state(&self) -> Arc<samosachaat::AppState> {
         let config = samosachaat::config::Config::from_lookup(|k| self.env.get(k).cloned())
             .expect("stack config");
-        Arc::new(samosachaat::AppState::new(config, self.dynamodb.clone()).expect("state"))
+        Arc::new(samosachaat::AppState::new(config, self.functions_dynamodb()).expect("state"))
+    }
+
+    /// A DynamoDB client on the functions' own path (through the fault proxy,
+    /// which also makes moto's transactions atomic): for tests that write the
+    /// way the functions do. `self.dynamodb` reads the table directly.
+    pub fn functions_dynamodb(&self) -> aws_sdk_dynamodb::Client {
+        let conf = self
+            .dynamodb
+            .config()
+            .to_builder()
+            .endpoint_url(&self.env["AWS_ENDPOINT_URL_DYNAMODB"])
+            .build();
+        aws_sdk_dynamodb::Client::from_conf(conf)
     }
 
     /// A sample event of `events/`, its placeholders filled.
@@ -397,4 +415,50 @@ where
 {
     use http_body_util::BodyExt;
     body.collect().await.expect("body").to_bytes().to_vec()
+}
+
+impl Stack {
+    /// Registers a DynamoDB fault rule with the stack's fault proxy (between the
+    /// functions and the DynamoDB server); see `dev/fault-proxy/README.md`.
+    /// Scope it with `body_contains` (a conversation id) so tests never meet
+    /// each other's rules.
+    pub async fn fault(&self, rule: Value) {
+        let resp = self
+            .http
+            .post(format!("{}/__faults", self.fault_proxy()))
+            .json(&rule)
+            .send()
+            .await
+            .expect("fault proxy");
+        assert_eq!(resp.status(), 201, "fault rule {rule}");
+    }
+
+    /// What the fault proxy saw for requests whose body contains `contains`, in
+    /// order: `{"operation", "status", "upstream_status", "fault", "at_ms"}`.
+    pub async fn fault_log(&self, contains: &str) -> Vec<Value> {
+        self.http
+            .get(format!(
+                "{}/__faults/log?contains={}",
+                self.fault_proxy(),
+                contains
+                    .replace('%', "%25")
+                    .replace(' ', "%20")
+                    .replace('#', "%23")
+                    .replace('&', "%26")
+                    .replace('+', "%2B")
+            ))
+            .send()
+            .await
+            .expect("fault log")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    fn fault_proxy(&self) -> &str {
+        self.env.get("FAULT_PROXY_URL").map(String::as_str).expect(
+            "FAULT_PROXY_URL missing from the stack's client.env: restart it \
+             with `scripts/stack.sh up test`",
+        )
+    }
 }
