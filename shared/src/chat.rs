@@ -362,7 +362,7 @@ async fn run(job: Job, mut sink: Sink) {
     if let Err(e) = stored_user {
         warn!(error = %e, "user message not stored");
         let error = json!({ "error": "persist_failed" });
-        record(&job, None, Some(&error)).await;
+        record(&job, Some(&error)).await;
         finish_with_error(&mut sink, error);
         return;
     }
@@ -464,7 +464,7 @@ async fn conclude(job: &Job, outcome: Outcome, sink: &mut Sink) {
         (Some(Ok(_)), Some(error)) => finish_with_error(sink, error),
         (_, error) => {
             // Nothing stored: the record (if any) is finished on its own.
-            record(job, None, error.as_ref()).await;
+            record(job, error.as_ref()).await;
             match error {
                 Some(error) => finish_with_error(sink, error),
                 // `done` with no token at all: nothing to store, nothing lost.
@@ -475,13 +475,13 @@ async fn conclude(job: &Job, outcome: Outcome, sink: &mut Sink) {
 }
 
 /// Finishes the request's idempotency record when no answer carried it.
-async fn record(job: &Job, message_id: Option<Uuid>, error: Option<&serde_json::Value>) {
+async fn record(job: &Job, error: Option<&serde_json::Value>) {
     let Some(key) = &job.idempotency else {
         return;
     };
     let replay = Replay {
         content: String::new(),
-        message_id,
+        message_id: None,
         error: error.map(ToString::to_string),
     };
     if let Err(e) = job.state.store.finish(key, &replay).await {

@@ -264,10 +264,20 @@ impl Store {
 
     /// Every message of a conversation, oldest first, however many pages it takes.
     pub async fn all_messages(&self, id: Uuid) -> Result<Vec<Message>, StoreError> {
-        let mut messages = Vec::new();
+        self.message_items(id, false)
+            .await?
+            .iter()
+            .map(message_from)
+            .collect()
+    }
+
+    /// Every message item of a conversation (only its keys if `keys_only`),
+    /// oldest first, following the Query's pages to the end.
+    async fn message_items(&self, id: Uuid, keys_only: bool) -> Result<Vec<Item>, StoreError> {
+        let mut items = Vec::new();
         let mut start: Option<Item> = None;
         loop {
-            let out = self
+            let mut query = self
                 .client
                 .query()
                 .table_name(&self.table)
@@ -275,16 +285,15 @@ impl Store {
                 .expression_attribute_values(":pk", s(conversation_pk(id)))
                 .expression_attribute_values(":m", s(MSG_PREFIX))
                 .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(classify)?;
-            for item in out.items() {
-                messages.push(message_from(item)?);
+                .set_exclusive_start_key(start.take());
+            if keys_only {
+                query = query.projection_expression("pk, sk");
             }
+            let out = query.send().await.map_err(classify)?;
+            items.extend(out.items().iter().cloned());
             match out.last_evaluated_key() {
                 Some(key) if !key.is_empty() => start = Some(key.clone()),
-                _ => return Ok(messages),
+                _ => return Ok(items),
             }
         }
     }
@@ -374,29 +383,10 @@ impl Store {
     }
 
     async fn delete_messages(&self, id: Uuid) -> Result<(), StoreError> {
-        let mut start: Option<Item> = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND begins_with(sk, :m)")
-                .expression_attribute_values(":pk", s(conversation_pk(id)))
-                .expression_attribute_values(":m", s(MSG_PREFIX))
-                .projection_expression("pk, sk")
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(classify)?;
-            for chunk in out.items().chunks(25) {
-                self.batch_delete(chunk).await?;
-            }
-            match out.last_evaluated_key() {
-                Some(key) if !key.is_empty() => start = Some(key.clone()),
-                _ => return Ok(()),
-            }
+        for chunk in self.message_items(id, true).await?.chunks(25) {
+            self.batch_delete(chunk).await?;
         }
+        Ok(())
     }
 
     async fn batch_delete(&self, keys: &[Item]) -> Result<(), StoreError> {
