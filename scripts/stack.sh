@@ -25,6 +25,9 @@ case "$profile" in
   test) fn_port=19000; ddb_port=18765; inf_port=18766; ping_ms=400;   deadline=6;   concurrency=64; token_ms=5 ;;
   *) echo "unknown profile $profile (dev|test)" >&2; exit 2 ;;
 esac
+# STACK_PORT_SHIFT moves every port, so a second checkout can run its own stack.
+shift_by="${STACK_PORT_SHIFT:-0}"
+fn_port=$((fn_port + shift_by)); ddb_port=$((ddb_port + shift_by)); inf_port=$((inf_port + shift_by))
 proxy_port=$((ddb_port + 10))
 
 stop() {
