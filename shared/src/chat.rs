@@ -43,7 +43,7 @@ pub enum Persist {
 enum Prepared {
     /// A CORS preflight.
     Preflight,
-    Stream(Job),
+    Stream(Box<Job>),
     /// A retry of a finished request with the same `Idempotency-Key`.
     Replay(Replay),
 }
@@ -83,7 +83,7 @@ fn respond(
     prepared: Result<Prepared, ApiError>,
 ) -> Response<ResponseBody> {
     let mut resp = match prepared {
-        Ok(Prepared::Stream(job)) => open_stream(job),
+        Ok(Prepared::Stream(job)) => open_stream(*job),
         Ok(Prepared::Replay(replay)) => replay_stream(&replay),
         Ok(Prepared::Preflight) => api::preflight(&state.config, req),
         Err(err) => {
@@ -139,7 +139,7 @@ async fn prepare_send(state: &Arc<AppState>, req: &Request) -> Result<Prepared, 
         Err(replay) => return Ok(Prepared::Replay(replay)),
     };
     let request = upstream_request(state, &turns, &body.params);
-    Ok(Prepared::Stream(Job {
+    Ok(Prepared::Stream(Box::new(Job {
         state: state.clone(),
         user,
         conversation,
@@ -147,7 +147,7 @@ async fn prepare_send(state: &Arc<AppState>, req: &Request) -> Result<Prepared, 
         request,
         persist: Persist::Append,
         idempotency,
-    }))
+    })))
 }
 
 async fn prepare_regenerate(state: &Arc<AppState>, req: &Request) -> Result<Prepared, ApiError> {
@@ -192,7 +192,7 @@ async fn prepare_regenerate(state: &Arc<AppState>, req: &Request) -> Result<Prep
         Err(replay) => return Ok(Prepared::Replay(replay)),
     };
     let request = upstream_request(state, &turns, &params);
-    Ok(Prepared::Stream(Job {
+    Ok(Prepared::Stream(Box::new(Job {
         state: state.clone(),
         user,
         conversation: ctx.conversation,
@@ -200,7 +200,7 @@ async fn prepare_regenerate(state: &Arc<AppState>, req: &Request) -> Result<Prep
         request,
         persist,
         idempotency,
-    }))
+    })))
 }
 
 /// A digest of what a request asks for, so a retry can be told from a reuse of

@@ -4,6 +4,11 @@
 //! `isBase64Encoded` body is not base64 would panic before any handler runs (a 502
 //! to the user). Every event passes [`sanitize`] first: such a body is removed and
 //! the request marked, and the handler answers a clear 400 instead.
+//!
+//! REST API and ALB events carry repeated headers in `multiValueHeaders`, but
+//! `lambda_http` lets the single-valued `headers` overwrite them, which would turn
+//! two `Authorization` headers into one. [`sanitize`] drops both copies instead,
+//! so such a request is refused (401) like any other ambiguous credential.
 
 use std::future::Future;
 
@@ -46,6 +51,7 @@ where
 pub fn sanitize(mut event: LambdaEvent<LambdaRequest>) -> LambdaEvent<LambdaRequest> {
     match &mut event.payload {
         LambdaRequest::ApiGatewayV1(r) => {
+            refuse_repeated_authorization(&mut r.headers, &mut r.multi_value_headers);
             r.multi_value_headers.remove(BODY_ERROR_HEADER);
             fix(&mut r.headers, &mut r.body, &mut r.is_base64_encoded);
             if r.headers.contains_key(BODY_ERROR_HEADER) {
@@ -57,6 +63,7 @@ pub fn sanitize(mut event: LambdaEvent<LambdaRequest>) -> LambdaEvent<LambdaRequ
             fix(&mut r.headers, &mut r.body, &mut r.is_base64_encoded)
         }
         LambdaRequest::Alb(r) => {
+            refuse_repeated_authorization(&mut r.headers, &mut r.multi_value_headers);
             r.multi_value_headers.remove(BODY_ERROR_HEADER);
             fix(&mut r.headers, &mut r.body, &mut r.is_base64_encoded);
             if r.headers.contains_key(BODY_ERROR_HEADER) {
@@ -68,6 +75,13 @@ pub fn sanitize(mut event: LambdaEvent<LambdaRequest>) -> LambdaEvent<LambdaRequ
         _ => {}
     }
     event
+}
+
+fn refuse_repeated_authorization(headers: &mut HeaderMap, multi: &mut HeaderMap) {
+    if multi.get_all(http::header::AUTHORIZATION).iter().count() > 1 {
+        multi.remove(http::header::AUTHORIZATION);
+        headers.remove(http::header::AUTHORIZATION);
+    }
 }
 
 fn fix(headers: &mut HeaderMap, body: &mut Option<String>, is_base64: &mut bool) {

@@ -292,4 +292,119 @@ mod tests {
             prop_assert_eq!(events.last(), Some(&Event::Done));
         }
     }
+
+    /// Splits `bytes` at the given cut points (taken modulo its length).
+    fn chunk_at<'a>(bytes: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        points.sort_unstable();
+        let mut chunks = Vec::new();
+        let mut last = 0;
+        for p in points {
+            chunks.push(&bytes[last..p]);
+            last = p;
+        }
+        chunks.push(&bytes[last..]);
+        chunks
+    }
+
+    /// Junk an upstream (or a proxy in front of it) might emit between events.
+    fn junk() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            // Arbitrary bytes, invalid UTF-8 and stray CR/LF included.
+            proptest::collection::vec(any::<u8>(), 0..48),
+            // Lines that look like SSE but carry no token.
+            proptest::sample::select(vec![
+                ": keepalive",
+                ": {\"token\": \"comment\"}",
+                "event: token",
+                "id: 7",
+                "retry: 10",
+                "data: not json",
+                "data:",
+                "data: [1,2]",
+                "data: \"token\"",
+                "data: {\"token\": \"half",
+                "data: {\"token\": 5}",
+                "token: {\"token\": \"x\"}",
+                "data : {\"token\": \"spaced field name\"}",
+                "\u{feff}data: {\"token\": \"bom mid-stream\"}",
+            ])
+            .prop_map(|s| s.as_bytes().to_vec()),
+            // A token event whose line is not valid UTF-8: dropped whole.
+            ".{0,6}".prop_map(|t| {
+                let mut b = format!("data: {{\"token\": \"{t}").into_bytes();
+                b.extend_from_slice(b"\xff\xfe\"}");
+                b
+            }),
+        ]
+    }
+
+    proptest! {
+        /// Tokens of arbitrary Unicode (quotes, backslashes, CR, LF, U+2028, NUL,
+        /// a BOM...) with junk blocks between the events, each junk block closed
+        /// by a blank line, under any chunking and any line ending: exactly the
+        /// tokens sent come out, in order, and nothing else is a token.
+        #[test]
+        fn junk_between_events_never_yields_a_token_that_was_not_sent(
+            sent in proptest::collection::vec(any::<String>(), 0..8),
+            junks in proptest::collection::vec(junk(), 9),
+            cuts in proptest::collection::vec(any::<usize>(), 0..12),
+            ending in proptest::sample::select(vec!["\n", "\r\n", "\r"]),
+        ) {
+            // The junk alone must carry no token (arbitrary bytes could, in
+            // theory, spell a whole token event).
+            for j in &junks {
+                // Checked as it stands in the stream: after a line end, not first.
+                let mut alone = b"\n".to_vec();
+                alone.extend_from_slice(j);
+                alone.extend_from_slice(b"\n\n");
+                prop_assume!(tokens(&read_chunks(&[&alone])).is_empty());
+            }
+            let mut stream: Vec<u8> = format!(": upstream{ending}").into_bytes();
+            for (i, t) in sent.iter().enumerate() {
+                stream.extend_from_slice(&junks[i]);
+                stream.extend_from_slice(ending.repeat(2).as_bytes());
+                stream.extend_from_slice(tok(t).replace("\n\n", &ending.repeat(2)).as_bytes());
+            }
+            stream.extend_from_slice(&junks[8]);
+            stream.extend_from_slice(ending.repeat(2).as_bytes());
+            stream.extend_from_slice(format!("data: {{\"done\": true}}{ending}{ending}").as_bytes());
+            let events = read_chunks(&chunk_at(&stream, &cuts));
+            prop_assert_eq!(tokens(&events), sent);
+            prop_assert_eq!(events.last(), Some(&Event::Done));
+            for e in &events {
+                if let Event::Token { json, .. } = e {
+                    prop_assert!(!json.contains(['\n', '\r']), "forwarded JSON spans lines: {}", json);
+                }
+            }
+        }
+
+        /// Whatever the bytes, every token that comes out was spelled, whole, by a
+        /// `data:` line of the input: the reader never assembles a token from
+        /// pieces of different events.
+        #[test]
+        fn arbitrary_streams_only_yield_tokens_spelled_in_the_input(
+            parts in proptest::collection::vec(prop_oneof![
+                junk(),
+                ".{0,6}".prop_map(|t| tok(&t).into_bytes()),
+                Just(b"\n".to_vec()),
+                Just(b"\r".to_vec()),
+            ], 0..12),
+            cuts in proptest::collection::vec(any::<usize>(), 0..12),
+        ) {
+            let stream: Vec<u8> = parts.concat();
+            let text = String::from_utf8_lossy(&stream);
+            for t in tokens(&read_chunks(&chunk_at(&stream, &cuts))) {
+                // Some JSON string literal of the input decodes to it (whatever
+                // escapes spell it).
+                let spelled = text.match_indices('"').any(|(i, _)| {
+                    serde_json::Deserializer::from_str(&text[i..])
+                        .into_iter::<String>()
+                        .next()
+                        .is_some_and(|s| s.is_ok_and(|s| s == t))
+                });
+                prop_assert!(spelled, "token {:?} not in the input {:?}", t, text);
+            }
+        }
+    }
 }
