@@ -20,9 +20,9 @@ case "${1:-}" in
   "")
     scripts/stack.sh up dev
     load
-    "$root/target/debug/stack" chat "hi there, what can you do?"
+    "${CARGO_TARGET_DIR:-$root/target}/debug/stack" chat "hi there, what can you do?"
     ;;
-  chat|token) load; exec "$root/target/debug/stack" "$@" ;;
+  chat|token) load; exec "${CARGO_TARGET_DIR:-$root/target}/debug/stack" "$@" ;;
   down) exec scripts/stack.sh down dev ;;
   *) sed -n '2,10p' "$0" >&2; exit 2 ;;
 esac

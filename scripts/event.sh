@@ -11,7 +11,7 @@ file="${1:?usage: scripts/event.sh events/<file>.json [--conversation ID]}"
 dir="$root/.stack/dev"
 [ -f "$dir/env" ] || { echo "the local stack is not up: run scripts/dev.sh" >&2; exit 1; }
 set -a; . "$dir/env"; . "$dir/client.env"; set +a
-token="$("$root/target/debug/stack" token)"
+token="$("${CARGO_TARGET_DIR:-$root/target}/debug/stack" token)"
 if [ "${2:-}" = "--conversation" ]; then
   conversation="${3:?--conversation needs an id}"
 else

@@ -106,14 +106,14 @@ EOF
 cargo build --quiet -p mock-inference -p fault-proxy -p stack -p send -p regenerate -p conversations
 
 start dynamodb "$venv/bin/moto_server" -H 127.0.0.1 -p "$ddb_port"
-start inference "$root/target/debug/mock-inference" --addr "127.0.0.1:$inf_port" --api-key "$api_key" --token-delay-ms "$token_ms"
+start inference "${CARGO_TARGET_DIR:-$root/target}/debug/mock-inference" --addr "127.0.0.1:$inf_port" --api-key "$api_key" --token-delay-ms "$token_ms"
 wait_http "http://127.0.0.1:$ddb_port/" 60 dynamodb
-start faults "$root/target/debug/fault-proxy" --listen "127.0.0.1:$proxy_port" --upstream "http://127.0.0.1:$ddb_port"
+start faults "${CARGO_TARGET_DIR:-$root/target}/debug/fault-proxy" --listen "127.0.0.1:$proxy_port" --upstream "http://127.0.0.1:$ddb_port"
 wait_http "http://127.0.0.1:$proxy_port/__faults/health" 30 faults
 wait_http "http://127.0.0.1:$inf_port/__mock/health" 30 inference
 
 set -a; . "$dir/env"; . "$dir/client.env"; set +a
-"$root/target/debug/stack" create-table >/dev/null
+"${CARGO_TARGET_DIR:-$root/target}/debug/stack" create-table >/dev/null
 
 # cargo-lambda's own zig is not needed for host builds; PATH gives it the venv's.
 PATH="$venv/bin:$PATH" start functions "$venv/bin/cargo-lambda" lambda watch \
