@@ -451,7 +451,6 @@ impl Store {
         extra: Option<TransactWriteItem>,
     ) -> Result<(), StoreError> {
         let mut title = title;
-        let mut attempt = 0;
         loop {
             let updated_at = time_fmt::format(time_fmt::after(Some(&conversation.updated_at)));
             let mut update = Update::builder()
@@ -482,19 +481,14 @@ impl Store {
             items.extend(extra.clone());
             match self.transact(items).await {
                 Ok(()) => return Ok(()),
-                Err(TxError::ConditionFailed(failed)) if already_written(&failed, 1) => {
+                Err(TxFailure::ConditionFailed(failed)) if already_written(&failed, 1) => {
                     return Ok(())
                 }
                 // The title condition failed (renamed meanwhile): keep the user's
                 // title and store the message anyway.
-                Err(TxError::ConditionFailed(_)) if title.is_some() => title = None,
-                Err(TxError::ConditionFailed(_)) => return Err(StoreError::NotFound),
-                Err(TxError::Contended) if attempt + 1 < TRANSACTION_ATTEMPTS => {
-                    attempt += 1;
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-                Err(TxError::Contended) => return Err(StoreError::Throttled("contended".into())),
-                Err(TxError::Store(e)) => return Err(e),
+                Err(TxFailure::ConditionFailed(_)) if title.is_some() => title = None,
+                Err(TxFailure::ConditionFailed(_)) => return Err(StoreError::NotFound),
+                Err(TxFailure::Store(e)) => return Err(e),
             }
         }
     }
@@ -511,50 +505,40 @@ impl Store {
         answer: &Message,
         extra: Option<TransactWriteItem>,
     ) -> Result<(), StoreError> {
-        let mut attempt = 0;
-        loop {
-            let updated_at = time_fmt::format(time_fmt::after(Some(&conversation.updated_at)));
-            let update = Update::builder()
+        let updated_at = time_fmt::format(time_fmt::after(Some(&conversation.updated_at)));
+        let update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(conversation_pk(conversation.id)))
+            .key("sk", s(META_SK))
+            .condition_expression(
+                "attribute_exists(pk) AND user_id = :u AND last_message_id = :expected",
+            )
+            .update_expression("SET updated_at = :now, last_message_id = :mid")
+            .expression_attribute_values(":u", s(user.to_string()))
+            .expression_attribute_values(":expected", s(expected_last.to_string()))
+            .expression_attribute_values(":now", s(updated_at))
+            .expression_attribute_values(":mid", s(answer.id.to_string()))
+            .build()
+            .map_err(build_err)?;
+        let mut items = vec![TransactWriteItem::builder().update(update).build()];
+        if let Some(old) = replaces {
+            let delete = Delete::builder()
                 .table_name(&self.table)
                 .key("pk", s(conversation_pk(conversation.id)))
-                .key("sk", s(META_SK))
-                .condition_expression(
-                    "attribute_exists(pk) AND user_id = :u AND last_message_id = :expected",
-                )
-                .update_expression("SET updated_at = :now, last_message_id = :mid")
-                .expression_attribute_values(":u", s(user.to_string()))
-                .expression_attribute_values(":expected", s(expected_last.to_string()))
-                .expression_attribute_values(":now", s(updated_at))
-                .expression_attribute_values(":mid", s(answer.id.to_string()))
+                .key("sk", s(message_sk(old)))
+                .condition_expression("attribute_exists(pk)")
                 .build()
                 .map_err(build_err)?;
-            let mut items = vec![TransactWriteItem::builder().update(update).build()];
-            if let Some(old) = replaces {
-                let delete = Delete::builder()
-                    .table_name(&self.table)
-                    .key("pk", s(conversation_pk(conversation.id)))
-                    .key("sk", s(message_sk(old)))
-                    .condition_expression("attribute_exists(pk)")
-                    .build()
-                    .map_err(build_err)?;
-                items.push(TransactWriteItem::builder().delete(delete).build());
-            }
-            let put_at = items.len();
-            items.push(self.put_message(answer)?);
-            items.extend(extra.clone());
-            match self.transact(items).await {
-                Ok(()) => return Ok(()),
-                Err(TxError::ConditionFailed(failed)) if already_written(&failed, put_at) => {
-                    return Ok(())
-                }
-                Err(TxError::ConditionFailed(_)) => return Err(StoreError::Conflict),
-                Err(TxError::Contended) if attempt + 1 < TRANSACTION_ATTEMPTS => {
-                    attempt += 1;
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-                Err(TxError::Contended) => return Err(StoreError::Throttled("contended".into())),
-                Err(TxError::Store(e)) => return Err(e),
-            }
+            items.push(TransactWriteItem::builder().delete(delete).build());
+        }
+        let put_at = items.len();
+        items.push(self.put_message(answer)?);
+        items.extend(extra.clone());
+        match self.transact(items).await {
+            Ok(()) => Ok(()),
+            Err(TxFailure::ConditionFailed(failed)) if already_written(&failed, put_at) => Ok(()),
+            Err(TxFailure::ConditionFailed(_)) => Err(StoreError::Conflict),
+            Err(TxFailure::Store(e)) => Err(e),
         }
     }
 
@@ -586,16 +570,31 @@ impl Store {
         Ok(TransactWriteItem::builder().put(put).build())
     }
 
-    async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<(), TxError> {
-        match self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(err) => Err(classify_tx(err)),
+    /// Runs a transaction, trying again with backoff while it loses to a
+    /// concurrent one on the same conversation item.
+    async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<(), TxFailure> {
+        let mut attempt = 0;
+        loop {
+            let result = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .send()
+                .await;
+            match result.map_err(classify_tx) {
+                Err(TxError::Contended) if attempt + 1 < TRANSACTION_ATTEMPTS => {
+                    attempt += 1;
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(TxError::Contended) => {
+                    return Err(TxFailure::Store(StoreError::Throttled("contended".into())))
+                }
+                Err(TxError::ConditionFailed(failed)) => {
+                    return Err(TxFailure::ConditionFailed(failed))
+                }
+                Err(TxError::Store(e)) => return Err(TxFailure::Store(e)),
+                Ok(_) => return Ok(()),
+            }
         }
     }
 }
@@ -776,6 +775,13 @@ fn finish_update(key: &IdempotencyKey, replay: &Replay) -> (String, Values, Name
 pub enum CursorOr<E> {
     BadCursor,
     Store(E),
+}
+
+/// How a transaction finally failed, after retries of contention.
+enum TxFailure {
+    /// Which items' conditions failed, in the order they were sent.
+    ConditionFailed(Vec<bool>),
+    Store(StoreError),
 }
 
 enum TxError {
