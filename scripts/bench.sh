@@ -5,7 +5,7 @@
 #
 #   scripts/bench.sh [bench options, e.g. --sends 60 --cold-starts 9]
 #
-# Takes a few minutes for the release builds (lto) the first time, about a minute
+# Takes a few minutes for the release builds (lto) the first time, under a minute
 # to run. See dev/bench/README.md for what each figure means.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -16,4 +16,5 @@ scripts/bootstrap.sh
 # benchmark is built on its own so it cannot change their features.
 cargo build --release --quiet -p send -p regenerate -p conversations -p mock-inference
 cargo build --release --quiet -p bench
-exec "$root/target/release/bench" "$@"
+release="${CARGO_TARGET_DIR:-$root/target}/release"
+exec "$release/bench" --bin-dir "$release" "$@"

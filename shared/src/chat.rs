@@ -339,7 +339,17 @@ async fn run(job: Job, mut sink: Sink) {
         tokio::pin!(write, upstream);
         let mut written = None;
         loop {
+            // Biased, upstream first: the first poll must open the upstream
+            // request before the user-message write takes the runtime's turn.
             tokio::select! {
+                biased;
+                outcome = &mut upstream => {
+                    let result = match written.take() {
+                        Some(result) => result,
+                        None => write.await,
+                    };
+                    break (result, Some(outcome));
+                }
                 result = &mut write, if written.is_none() => {
                     if result.is_err() {
                         // Without its question the answer would be an orphan:
@@ -347,13 +357,6 @@ async fn run(job: Job, mut sink: Sink) {
                         break (result, None);
                     }
                     written = Some(result);
-                }
-                outcome = &mut upstream => {
-                    let result = match written.take() {
-                        Some(result) => result,
-                        None => write.await,
-                    };
-                    break (result, Some(outcome));
                 }
             }
         }

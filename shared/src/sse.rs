@@ -141,7 +141,13 @@ fn interpret(data: &str) -> Option<Event> {
     if map.get("done") == Some(&Value::Bool(true)) {
         return Some(Event::Done);
     }
-    let json = encode(&map);
+    // A one-line event goes to the browser exactly as the upstream sent it; only
+    // a multi-line one (data fields joined by `\n`) is re-encoded onto one line.
+    let json = if data.contains('\n') {
+        encode(&map)
+    } else {
+        data.to_owned()
+    };
     match map.get("token") {
         Some(Value::String(text)) => Some(Event::Token {
             text: text.clone(),

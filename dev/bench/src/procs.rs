@@ -1,0 +1,183 @@
+//! The processes the benchmark runs: moto's DynamoDB server, the mock inference
+//! server and the function itself; and what /proc says about them.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A child process killed (and reaped) when dropped.
+pub struct Proc {
+    child: Child,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `Some(status)` once it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Proc {
+    /// SIGTERM first (so a profiler wrapping the process can write its data),
+    /// SIGKILL after two seconds.
+    fn drop(&mut self) {
+        if self.exited().is_some() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        let until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < until {
+            if self.exited().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn log_file(dir: &Path, name: &str) -> std::io::Result<File> {
+    File::create(dir.join(format!("{name}.log")))
+}
+
+/// `moto_server` on a free port; waits until it answers.
+pub async fn moto(bin: &Path, dir: &Path) -> Result<(Proc, SocketAddr), String> {
+    let port = free_port().map_err(|e| e.to_string())?;
+    let log = log_file(dir, "moto").map_err(|e| e.to_string())?;
+    let child = Command::new(bin)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "cannot start {}: {e} (run scripts/bootstrap.sh)",
+                bin.display()
+            )
+        })?;
+    let mut proc = Proc { child };
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let started = Instant::now();
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok((proc, addr));
+        }
+        if let Some(status) = proc.exited() {
+            return Err(format!(
+                "moto_server exited ({status}); log in {}",
+                dir.display()
+            ));
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            return Err("moto_server did not listen within 60 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The mock inference server (`--addr 127.0.0.1:0`); its address from its
+/// `listening on` line.
+pub async fn mock_inference(
+    bin: &Path,
+    dir: &Path,
+    api_key: &str,
+) -> Result<(Proc, SocketAddr), String> {
+    let log = log_file(dir, "mock-inference").map_err(|e| e.to_string())?;
+    let mut child = Command::new(bin)
+        .args([
+            "--addr",
+            "127.0.0.1:0",
+            "--api-key",
+            api_key,
+            "--token-delay-ms",
+            "0",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let proc = Proc { child };
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).map(|_| line)
+    });
+    let line = tokio::time::timeout(Duration::from_secs(30), line)
+        .await
+        .map_err(|_| "mock-inference did not start within 30 s")?
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let addr = line
+        .trim()
+        .rsplit("http://")
+        .next()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| format!("unexpected mock-inference line {line:?}"))?;
+    Ok((proc, addr))
+}
+
+/// Starts the function binary the way Lambda does: a clean environment of the
+/// Lambda variables and the function's configuration, output to a log file.
+/// Returns the process and the instant just before it was started.
+pub fn function(
+    bin: &Path,
+    dir: &Path,
+    name: &str,
+    env: &BTreeMap<String, String>,
+) -> Result<(Proc, Instant), String> {
+    let log = log_file(dir, name).map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(bin);
+    cmd.env_clear()
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log);
+    let started = Instant::now();
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    Ok((Proc { child }, started))
+}
+
+/// A field of /proc/<pid>/status in kB (`VmHWM`, `VmRSS`).
+pub fn status_kb(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// CPU time of all threads of `pid` so far (schedstat, nanoseconds).
+pub fn cpu_ns(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let path: PathBuf = task.ok()?.path().join("schedstat");
+        // A thread may exit between the listing and the read.
+        if let Ok(text) = std::fs::read_to_string(path) {
+            total += text
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())?;
+        }
+    }
+    Some(total)
+}
