@@ -23,8 +23,8 @@ use std::time::Duration;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, ConditionCheck, Delete, DeleteRequest, Put, ReturnValue, TransactWriteItem,
-    Update, WriteRequest,
+    AttributeValue, Delete, DeleteRequest, Put, ReturnValue, TransactWriteItem, Update,
+    WriteRequest,
 };
 use aws_sdk_dynamodb::Client;
 use base64::Engine;
@@ -158,14 +158,6 @@ impl Store {
             client,
             table: table.into(),
         }
-    }
-
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
-    pub fn table(&self) -> &str {
-        &self.table
     }
 
     /// The one request a chat makes before calling the upstream: the conversation
@@ -540,24 +532,6 @@ impl Store {
             Err(TxFailure::ConditionFailed(_)) => Err(StoreError::Conflict),
             Err(TxFailure::Store(e)) => Err(e),
         }
-    }
-
-    /// A condition that the conversation still exists and is the user's, for
-    /// callers composing their own transactions.
-    pub fn conversation_check(
-        &self,
-        user: Uuid,
-        id: Uuid,
-    ) -> Result<TransactWriteItem, StoreError> {
-        let check = ConditionCheck::builder()
-            .table_name(&self.table)
-            .key("pk", s(conversation_pk(id)))
-            .key("sk", s(META_SK))
-            .condition_expression("attribute_exists(pk) AND user_id = :u")
-            .expression_attribute_values(":u", s(user.to_string()))
-            .build()
-            .map_err(build_err)?;
-        Ok(TransactWriteItem::builder().condition_check(check).build())
     }
 
     fn put_message(&self, message: &Message) -> Result<TransactWriteItem, StoreError> {

@@ -14,21 +14,15 @@ async fn post(
     key: &str,
     body: Value,
 ) -> Stream {
-    let action = if function == "send" {
-        "messages"
-    } else {
-        "regenerate"
-    };
-    let resp = stack
-        .http
-        .post(stack.url(function, &format!("/api/conversations/{id}/{action}")))
-        .bearer_auth(&user.token)
-        .header("idempotency-key", key)
-        .json(&body)
-        .send()
+    stack
+        .post_stream_with(
+            function,
+            user,
+            &id.to_string(),
+            body,
+            &[("idempotency-key", key)],
+        )
         .await
-        .expect("request");
-    Stream::read(resp).await
 }
 
 #[tokio::test]

@@ -165,20 +165,32 @@ impl Stack {
     }
 
     pub async fn post_stream(&self, function: &str, user: &User, id: &str, body: Value) -> Stream {
+        self.post_stream_with(function, user, id, body, &[]).await
+    }
+
+    /// [`Stack::post_stream`] with extra request headers.
+    pub async fn post_stream_with(
+        &self,
+        function: &str,
+        user: &User,
+        id: &str,
+        body: Value,
+        headers: &[(&str, &str)],
+    ) -> Stream {
         let action = if function == "send" {
             "messages"
         } else {
             "regenerate"
         };
-        let resp = self
+        let mut req = self
             .http
             .post(self.url(function, &format!("/api/conversations/{id}/{action}")))
             .bearer_auth(&user.token)
-            .json(&body)
-            .send()
-            .await
-            .expect("stream request");
-        Stream::read(resp).await
+            .json(&body);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        Stream::read(req.send().await.expect("stream request")).await
     }
 
     pub async fn send(&self, user: &User, id: Uuid, content: &str) -> Stream {
