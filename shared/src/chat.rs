@@ -133,7 +133,7 @@ async fn prepare_send(state: &Arc<AppState>, req: &Request) -> Result<Prepared, 
 
     let mut turns: Vec<Turn> = ctx.recent.iter().map(Message::turn).collect();
     turns.push(message.turn());
-    let fingerprint = fingerprint("send", id, Some(&message.content), &body.params);
+    let fingerprint = || fingerprint("send", id, Some(&message.content), &body.params);
     let idempotency = match claim(state, user, key, fingerprint).await? {
         Ok(idempotency) => idempotency,
         Err(replay) => return Ok(Prepared::Replay(replay)),
@@ -180,12 +180,9 @@ async fn prepare_regenerate(state: &Arc<AppState>, req: &Request) -> Result<Prep
         replaces: (last.role == Role::Assistant).then_some(last.id),
     };
     let turns: Vec<Turn> = ctx.recent[..=last_user].iter().map(Message::turn).collect();
-    let idempotency = match claim(
-        state,
-        user,
-        key,
-        fingerprint("regenerate", id, None, &params),
-    )
+    let idempotency = match claim(state, user, key, || {
+        fingerprint("regenerate", id, None, &params)
+    })
     .await?
     {
         Ok(idempotency) => idempotency,
@@ -232,7 +229,7 @@ async fn claim(
     state: &AppState,
     user: Uuid,
     key: Option<String>,
-    fingerprint: String,
+    fingerprint: impl FnOnce() -> String,
 ) -> Result<Result<Option<IdempotencyKey>, Replay>, ApiError> {
     let Some(key) = key else {
         return Ok(Ok(None));
@@ -240,7 +237,7 @@ async fn claim(
     let key = IdempotencyKey {
         user,
         key,
-        fingerprint,
+        fingerprint: fingerprint(),
     };
     match state.store.claim(&key).await? {
         Claim::New => Ok(Ok(Some(key))),
