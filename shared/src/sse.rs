@@ -283,17 +283,7 @@ mod tests {
             if crlf {
                 stream = stream.replace('\n', "\r\n");
             }
-            let bytes = stream.as_bytes();
-            let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
-            points.sort_unstable();
-            let mut chunks = Vec::new();
-            let mut last = 0;
-            for p in points {
-                chunks.push(&bytes[last..p]);
-                last = p;
-            }
-            chunks.push(&bytes[last..]);
-            let events = read_chunks(&chunks);
+            let events = read_chunks(&chunk_at(stream.as_bytes(), &cuts));
             prop_assert_eq!(tokens(&events), sent);
             prop_assert_eq!(events.last(), Some(&Event::Done));
         }
