@@ -15,6 +15,7 @@ pub mod inference;
 pub mod prompt;
 pub mod relay;
 pub mod runtime;
+pub mod runtime_api;
 pub mod schema;
 pub mod sse;
 pub mod state;

@@ -1,4 +1,6 @@
-//! How the functions meet the Lambda runtime.
+//! How the functions meet the Lambda runtime: `lambda_http`'s adapters turn events
+//! into requests and responses into Lambda's shapes, and [`crate::runtime_api`]
+//! carries them to and from the Runtime API.
 //!
 //! `lambda_http` decodes a base64 body with `expect`, so an event whose
 //! `isBase64Encoded` body is not base64 would panic before any handler runs (a 502
@@ -21,6 +23,7 @@ use lambda_http::{
 };
 
 use crate::api::{ResponseBody, BODY_ERROR_HEADER};
+use crate::runtime_api;
 
 /// Runs a handler whose responses stream (Lambda response streaming).
 pub async fn run_streaming<F, Fut>(handler: F) -> Result<(), Error>
@@ -31,7 +34,7 @@ where
     let service = ServiceBuilder::new()
         .map_request(sanitize)
         .service(StreamAdapter::from(service_fn(handler)));
-    lambda_http::lambda_runtime::run(service).await
+    runtime_api::run(service).await
 }
 
 /// Runs a handler with whole (buffered) responses.
@@ -42,8 +45,9 @@ where
 {
     let service = ServiceBuilder::new()
         .map_request(sanitize)
+        .map_response(runtime_api::Buffered)
         .service(Adapter::from(service_fn(handler)));
-    lambda_http::lambda_runtime::run(service).await
+    runtime_api::run(service).await
 }
 
 /// Removes an undecodable base64 body and marks the request (see module docs).

@@ -1,0 +1,395 @@
+//! The functions' client of the Lambda Runtime API: the loop that receives
+//! invocations and sends their responses.
+//!
+//! Why not `lambda_runtime`'s loop: it talks to the Runtime API over a connection
+//! without `TCP_NODELAY` and gives no way to change that. A streamed answer is many
+//! small writes on that connection, so Nagle's algorithm held every write back until
+//! the previous one was acknowledged, and the Runtime API acknowledges late (delayed
+//! ACK): the benchmark measured about 40 ms added before the first token reached the
+//! browser. The protocol is small and documented; this module speaks it over one
+//! keep-alive connection with `TCP_NODELAY`, and leaves the decoding of events and
+//! the encoding of responses to `lambda_http`'s adapters and `lambda_runtime`'s types.
+//!
+//! Per invocation: `GET /2018-06-01/runtime/invocation/next`, run the service, then
+//! `POST .../{id}/response` (buffered JSON, or streamed: `Lambda-Runtime-Function-
+//! Response-Mode: streaming`, a chunked body of the metadata prelude, eight NUL bytes
+//! and the response body) or `POST .../{id}/error`. An event that cannot be decoded,
+//! a handler error and a handler panic are reported as that invocation's error and
+//! the process goes on serving. A body that fails mid-stream ends with the error
+//! trailers.
+//!
+//! Not supported, because these functions use none of it: several invocations at
+//! once in one process (Lambda managed instances), SnapStart, extensions. The X-Ray
+//! trace id is recorded on the invocation's span and forwarded in the request's
+//! `x-amzn-trace-id` header; `_X_AMZN_TRACE_ID` is not set, because changing the
+//! environment of a multi-threaded process is unsound.
+
+use std::fmt::{Debug, Display};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use base64::Engine;
+use bytes::Bytes;
+use futures_util::{future, stream, FutureExt, Stream, StreamExt};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
+use http_body::Frame;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use lambda_http::request::LambdaRequest;
+use lambda_http::tower::{Service, ServiceExt};
+use lambda_http::Error;
+use lambda_runtime::{Config, Context, LambdaEvent, StreamResponse};
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tracing::Instrument;
+
+const API_VERSION: &str = "/2018-06-01/runtime";
+const REQUEST_ID: &str = "lambda-runtime-aws-request-id";
+const TRACE_ID: &str = "lambda-runtime-trace-id";
+const ERROR_TYPE: HeaderName = HeaderName::from_static("lambda-runtime-function-error-type");
+const ERROR_BODY: HeaderName = HeaderName::from_static("lambda-runtime-function-error-body");
+const RESPONSE_MODE: HeaderName = HeaderName::from_static("lambda-runtime-function-response-mode");
+const STREAMING_CONTENT_TYPE: &str = "application/vnd.awslambda.http-integration-response";
+const USER_AGENT: &str = concat!("samosachaat/", env!("CARGO_PKG_VERSION"));
+/// Separates the streamed response's metadata prelude from its body.
+const PRELUDE_DELIMITER: [u8; 8] = [0; 8];
+
+/// The body of a request to the Runtime API.
+pub type ApiBody = UnsyncBoxBody<Bytes, Error>;
+
+/// What a service's response becomes on the Runtime API.
+pub trait IntoInvocationResponse {
+    /// The `POST .../{request_id}/response` request for this response.
+    fn into_request(self, api: &Endpoint, request_id: &str) -> Result<Request<ApiBody>, Error>;
+}
+
+/// A buffered response: one JSON document (for HTTP events, the response in the
+/// shape of the event's origin, as `lambda_http::Adapter` makes it).
+pub struct Buffered<T>(pub T);
+
+impl<T: Serialize> IntoInvocationResponse for Buffered<T> {
+    fn into_request(self, api: &Endpoint, request_id: &str) -> Result<Request<ApiBody>, Error> {
+        let json = serde_json::to_vec(&self.0)?;
+        api.request(Method::POST, &format!("/invocation/{request_id}/response"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(full(json))
+            .map_err(Error::from)
+    }
+}
+
+/// A streamed response: the metadata prelude, the delimiter, then the body as it
+/// comes. A body error ends the stream with the Runtime API's error trailers.
+impl<S, D, E> IntoInvocationResponse for StreamResponse<S>
+where
+    S: Stream<Item = Result<D, E>> + Send + 'static,
+    D: Into<Bytes>,
+    E: Debug,
+{
+    fn into_request(self, api: &Endpoint, request_id: &str) -> Result<Request<ApiBody>, Error> {
+        let prelude = Bytes::from(serde_json::to_vec(&self.metadata_prelude)?);
+        let body = self.stream.scan(false, |failed, item| {
+            future::ready(match item {
+                _ if *failed => None,
+                Ok(data) => Some(Ok::<_, Error>(Frame::data(data.into()))),
+                Err(err) => {
+                    *failed = true;
+                    tracing::error!(error = ?err, "response body failed mid-stream");
+                    Some(Ok(Frame::trailers(error_trailers(
+                        "Runtime.StreamError",
+                        &err,
+                    ))))
+                }
+            })
+        });
+        // The prelude and the delimiter go as chunks of their own: local emulators
+        // (cargo lambda) read the prelude from the first chunk.
+        let head = [prelude, Bytes::from_static(&PRELUDE_DELIMITER)];
+        let frames = stream::iter(head.map(|bytes| Ok(Frame::data(bytes)))).chain(body);
+        api.request(Method::POST, &format!("/invocation/{request_id}/response"))
+            .header(header::CONTENT_TYPE, STREAMING_CONTENT_TYPE)
+            .header(RESPONSE_MODE, "streaming")
+            .header(header::TRANSFER_ENCODING, "chunked")
+            .header(header::TRAILER, "Lambda-Runtime-Function-Error-Type")
+            .header(header::TRAILER, "Lambda-Runtime-Function-Error-Body")
+            .body(UnsyncBoxBody::new(StreamBody::new(frames)))
+            .map_err(Error::from)
+    }
+}
+
+/// Serves invocations with `service` until the Runtime API goes away (the process
+/// then ends with that error, and Lambda starts a new one).
+pub async fn run<S, R>(service: S) -> Result<(), Error>
+where
+    S: Service<LambdaEvent<LambdaRequest>, Response = R>,
+    S::Error: Debug + Display,
+    R: IntoInvocationResponse,
+{
+    let endpoint = Endpoint::from_env()?;
+    serve(endpoint, Arc::new(Config::from_env()), service).await
+}
+
+/// [`run`] against a given endpoint and configuration.
+pub async fn serve<S, R>(api: Endpoint, config: Arc<Config>, mut service: S) -> Result<(), Error>
+where
+    S: Service<LambdaEvent<LambdaRequest>, Response = R>,
+    S::Error: Debug + Display,
+    R: IntoInvocationResponse,
+{
+    let mut connection = Connection::new(api.clone());
+    loop {
+        let next = || api.request(Method::GET, "/invocation/next").body(empty());
+        let response = connection.send(next()?, Some(next)).await?;
+        let (parts, body) = response.into_parts();
+        let event = body.collect().await?.to_bytes();
+        let Some(request_id) = header_str(&parts.headers, REQUEST_ID).map(str::to_owned) else {
+            return Err("the Runtime API sent an invocation without a request id".into());
+        };
+        let span = tracing::info_span!(
+            "invocation",
+            requestId = %request_id,
+            xrayTraceId = header_str(&parts.headers, TRACE_ID).unwrap_or_default(),
+        );
+        let outcome = invoke(&mut service, &config, &request_id, &parts.headers, &event)
+            .instrument(span.clone())
+            .await;
+        let request = match outcome.map(|reply| reply.into_request(&api, &request_id)) {
+            Ok(Ok(request)) => request,
+            Ok(Err(err)) => {
+                Failure::new("Runtime.ResponseError", err).into_request(&api, &request_id)?
+            }
+            Err(failure) => failure.into_request(&api, &request_id)?,
+        };
+        match connection
+            .send(request, None::<fn() -> _>)
+            .instrument(span.clone())
+            .await
+        {
+            Ok(reply) => {
+                let status = reply.status();
+                // Read the reply to the end so the connection can carry the next request.
+                let _ = reply.into_body().collect().await;
+                if !status.is_success() {
+                    let _span = span.enter();
+                    tracing::error!(%status, "the Runtime API refused the invocation's response");
+                }
+            }
+            Err(err) => {
+                let _span = span.enter();
+                tracing::error!(error = %err, "could not send the invocation's response");
+            }
+        }
+    }
+}
+
+/// Why an invocation has no response: reported with `POST .../{id}/error`.
+struct Failure {
+    error_type: &'static str,
+    message: String,
+}
+
+impl Failure {
+    fn new(error_type: &'static str, message: impl Display) -> Self {
+        tracing::error!(error_type, error = %message, "invocation failed");
+        Failure {
+            error_type,
+            message: message.to_string(),
+        }
+    }
+
+    fn into_request(self, api: &Endpoint, request_id: &str) -> Result<Request<ApiBody>, Error> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Report<'a> {
+            error_type: &'a str,
+            error_message: &'a str,
+        }
+        let json = serde_json::to_vec(&Report {
+            error_type: self.error_type,
+            error_message: &self.message,
+        })?;
+        api.request(Method::POST, &format!("/invocation/{request_id}/error"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(ERROR_TYPE, self.error_type)
+            .body(full(json))
+            .map_err(Error::from)
+    }
+}
+
+async fn invoke<S, R>(
+    service: &mut S,
+    config: &Arc<Config>,
+    request_id: &str,
+    headers: &HeaderMap,
+    event: &[u8],
+) -> Result<R, Failure>
+where
+    S: Service<LambdaEvent<LambdaRequest>, Response = R>,
+    S::Error: Debug + Display,
+{
+    let context = Context::new(request_id, config.clone(), headers)
+        .map_err(|err| Failure::new("Runtime.InvalidContext", err))?;
+    // The event is not echoed in the error: it holds the user's request.
+    let payload = serde_json::from_slice::<LambdaRequest>(event).map_err(|err| {
+        Failure::new(
+            "Runtime.UnmarshalError",
+            format_args!(
+                "the event is not an HTTP event (line {}, column {})",
+                err.line(),
+                err.column()
+            ),
+        )
+    })?;
+    let call = async {
+        let ready = service.ready().await?;
+        ready.call(LambdaEvent::new(payload, context)).await
+    };
+    match AssertUnwindSafe(call).catch_unwind().await {
+        Ok(Ok(reply)) => Ok(reply),
+        Ok(Err(err)) => Err(Failure::new("Runtime.HandlerError", err)),
+        Err(panic) => Err(Failure::new("Runtime.HandlerPanic", panic_message(&*panic))),
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("the handler panicked")
+}
+
+fn error_trailers(error_type: &str, err: &impl Debug) -> HeaderMap {
+    let mut trailers = HeaderMap::new();
+    if let Ok(value) = HeaderValue::from_str(error_type) {
+        trailers.insert(ERROR_TYPE, value);
+    }
+    let body = base64::engine::general_purpose::STANDARD.encode(format!("{err:?}"));
+    if let Ok(value) = HeaderValue::from_str(&body) {
+        trailers.insert(ERROR_BODY, value);
+    }
+    trailers
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn full(bytes: impl Into<Bytes>) -> ApiBody {
+    UnsyncBoxBody::new(Full::new(bytes.into()).map_err(|never| match never {}))
+}
+
+fn empty() -> ApiBody {
+    full(Bytes::new())
+}
+
+/// Where the Runtime API is: `AWS_LAMBDA_RUNTIME_API`, a `host:port` optionally
+/// followed by a path prefix (local emulators use one) and preceded by `http://`.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    authority: String,
+    prefix: String,
+}
+
+impl Endpoint {
+    pub fn from_env() -> Result<Self, Error> {
+        let value = std::env::var("AWS_LAMBDA_RUNTIME_API")
+            .map_err(|_| "AWS_LAMBDA_RUNTIME_API is not set: run the function under Lambda")?;
+        Self::parse(&value)
+    }
+
+    pub fn parse(value: &str) -> Result<Self, Error> {
+        let rest = value.strip_prefix("http://").unwrap_or(value);
+        let (authority, prefix) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        if authority.is_empty() || authority.contains(['@', '?', '#']) {
+            return Err(format!("AWS_LAMBDA_RUNTIME_API is not host:port[/path]: {value}").into());
+        }
+        Ok(Endpoint {
+            authority: authority.to_owned(),
+            prefix: prefix.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    fn request(&self, method: Method, path: &str) -> http::request::Builder {
+        Request::builder()
+            .method(method)
+            .uri(format!("{}{API_VERSION}{path}", self.prefix))
+            .header(header::HOST, &self.authority)
+            .header(header::USER_AGENT, USER_AGENT)
+    }
+}
+
+/// One keep-alive HTTP/1.1 connection to the Runtime API, opened again when it
+/// closes.
+struct Connection {
+    api: Endpoint,
+    sender: Option<SendRequest<ApiBody>>,
+}
+
+impl Connection {
+    fn new(api: Endpoint) -> Self {
+        Connection { api, sender: None }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<ApiBody>, Error> {
+        let stream = TcpStream::connect(&self.api.authority).await?;
+        // Every write of a streamed response leaves at once (see the module docs).
+        stream.set_nodelay(true)?;
+        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "Runtime API connection closed");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Sends `request`. If it could not go out because the kept-alive connection
+    /// had closed, it is sent once more on a new connection (`again` rebuilds a
+    /// request whose body was already taken; without it the request is not retried
+    /// once its body has started).
+    async fn send<F>(
+        &mut self,
+        request: Request<ApiBody>,
+        again: Option<F>,
+    ) -> Result<Response<Incoming>, Error>
+    where
+        F: FnOnce() -> Result<Request<ApiBody>, http::Error>,
+    {
+        let mut request = request;
+        let mut again = again;
+        for attempt in 0..2 {
+            let mut sender = match self.sender.take() {
+                Some(sender) if !sender.is_closed() => sender,
+                _ => self.connect().await?,
+            };
+            if sender.ready().await.is_err() {
+                if attempt == 0 {
+                    continue;
+                }
+                return Err("the Runtime API connection closed".into());
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    self.sender = Some(sender);
+                    return Ok(response);
+                }
+                Err(mut err) => {
+                    let unsent = err.take_message();
+                    let retry = match (unsent, again.take()) {
+                        (Some(unsent), _) => Some(unsent),
+                        (None, Some(rebuild)) => Some(rebuild()?),
+                        (None, None) => None,
+                    };
+                    match retry {
+                        Some(next) if attempt == 0 => request = next,
+                        _ => return Err(err.into_error().into()),
+                    }
+                }
+            }
+        }
+        Err("the Runtime API connection closed".into())
+    }
+}
