@@ -153,13 +153,39 @@ async fn read_stream(
                     sink.data(&json);
                 }
                 Event::Other { json } => sink.data(&json),
-                Event::Done => return None,
+                Event::Done => {
+                    release(response);
+                    return None;
+                }
             }
         }
         if finished {
             return Some(Failure::Interrupted);
         }
     }
+}
+
+/// How long, and how much, the upstream may still send after its `done`.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
+const RELEASE_BYTES: usize = 64 * 1024;
+
+/// Reads what the upstream sends after its `done` (normally only the end of the
+/// body) in the background, so its connection goes back to the client's pool and
+/// the instance's next send skips the connect and TLS handshake. A response
+/// dropped before its end closes the connection instead.
+fn release(mut response: reqwest::Response) {
+    tokio::spawn(async move {
+        let drain = async {
+            let mut left = RELEASE_BYTES;
+            while let Ok(Some(chunk)) = response.chunk().await {
+                match left.checked_sub(chunk.len()) {
+                    Some(rest) => left = rest,
+                    None => return,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(RELEASE_WAIT, drain).await;
+    });
 }
 
 /// Awaits `fut`, sending a ping whenever the browser has heard nothing for
