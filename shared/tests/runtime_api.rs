@@ -193,6 +193,21 @@ fn prelude(status: u16) -> MetadataPrelude {
     }
 }
 
+/// A 200 streamed response of `chunks`.
+fn streamed<E>(
+    chunks: Vec<Result<Bytes, E>>,
+) -> Result<StreamResponse<stream::Iter<std::vec::IntoIter<Result<Bytes, E>>>>, Error> {
+    Ok(StreamResponse {
+        metadata_prelude: prelude(200),
+        stream: stream::iter(chunks),
+    })
+}
+
+/// A handler answering every event with a buffered 200.
+async fn ok(_: LambdaEvent<LambdaRequest>) -> Result<Buffered<serde_json::Value>, Error> {
+    Ok(Buffered(serde_json::json!({"statusCode": 200})))
+}
+
 #[tokio::test]
 async fn a_streamed_response_is_the_prelude_the_delimiter_then_each_chunk() {
     let mut api = FakeApi::start(false).await;
@@ -200,14 +215,12 @@ async fn a_streamed_response_is_the_prelude_the_delimiter_then_each_chunk() {
         &api.addr,
         service_fn(|event: LambdaEvent<LambdaRequest>| async move {
             let words = body_of(&event);
-            let chunks: Vec<Result<Bytes, Infallible>> = words
-                .split(' ')
-                .map(|w| Ok(Bytes::from(format!("data: {w}\n\n"))))
-                .collect();
-            Ok::<_, Error>(StreamResponse {
-                metadata_prelude: prelude(200),
-                stream: stream::iter(chunks),
-            })
+            streamed::<Infallible>(
+                words
+                    .split(' ')
+                    .map(|w| Ok(Bytes::from(format!("data: {w}\n\n"))))
+                    .collect(),
+            )
         }),
     );
     api.invoke("req-1", http_event("namaste from samosa"));
@@ -243,14 +256,10 @@ async fn a_body_failing_mid_stream_ends_with_the_error_trailers() {
     let task = serve(
         &api.addr,
         service_fn(|_: LambdaEvent<LambdaRequest>| async move {
-            let chunks: Vec<Result<Bytes, &'static str>> = vec![
+            streamed(vec![
                 Ok(Bytes::from_static(b"data: part\n\n")),
                 Err("upstream gone"),
-            ];
-            Ok::<_, Error>(StreamResponse {
-                metadata_prelude: prelude(200),
-                stream: stream::iter(chunks),
-            })
+            ])
         }),
     );
     api.invoke("req-1", http_event("x"));
@@ -335,12 +344,7 @@ async fn errors_and_panics_are_reported_and_serving_goes_on() {
 #[tokio::test]
 async fn an_event_that_is_not_http_is_refused_without_repeating_it() {
     let mut api = FakeApi::start(false).await;
-    let task = serve(
-        &api.addr,
-        service_fn(|_: LambdaEvent<LambdaRequest>| async move {
-            Ok::<_, Error>(Buffered(serde_json::json!({"statusCode": 200})))
-        }),
-    );
+    let task = serve(&api.addr, service_fn(ok));
     api.invoke("odd", br#"{"message": "my secret words"}"#.to_vec());
     api.invoke("next", http_event("hello"));
 
@@ -363,11 +367,7 @@ async fn a_closed_connection_is_opened_again() {
     let task = serve(
         &api.addr,
         service_fn(|event: LambdaEvent<LambdaRequest>| async move {
-            let chunks = vec![Ok::<_, Infallible>(Bytes::from(body_of(&event)))];
-            Ok::<_, Error>(StreamResponse {
-                metadata_prelude: prelude(200),
-                stream: stream::iter(chunks),
-            })
+            streamed(vec![Ok::<_, Infallible>(Bytes::from(body_of(&event)))])
         }),
     );
     for i in 0..5 {
@@ -387,12 +387,7 @@ async fn a_closed_connection_is_opened_again() {
 #[tokio::test]
 async fn an_endpoint_path_prefix_is_kept() {
     let mut api = FakeApi::start(false).await;
-    let task = serve(
-        &format!("http://{}/.rt/send/", api.addr),
-        service_fn(|_: LambdaEvent<LambdaRequest>| async move {
-            Ok::<_, Error>(Buffered(serde_json::json!({"statusCode": 200})))
-        }),
-    );
+    let task = serve(&format!("http://{}/.rt/send/", api.addr), service_fn(ok));
     api.invoke("p", http_event("x"));
     let polled = tokio::time::timeout(Duration::from_secs(20), api.received.recv())
         .await
@@ -413,12 +408,7 @@ async fn serving_ends_with_an_error_when_the_runtime_api_is_gone() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     drop(listener);
-    let task = serve(
-        &addr,
-        service_fn(|_: LambdaEvent<LambdaRequest>| async move {
-            Ok::<_, Error>(Buffered(serde_json::json!({})))
-        }),
-    );
+    let task = serve(&addr, service_fn(ok));
     let outcome = tokio::time::timeout(Duration::from_secs(20), task)
         .await
         .unwrap()
