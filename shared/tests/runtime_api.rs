@@ -193,10 +193,10 @@ fn prelude(status: u16) -> MetadataPrelude {
     }
 }
 
+type Chunks<E> = stream::Iter<std::vec::IntoIter<Result<Bytes, E>>>;
+
 /// A 200 streamed response of `chunks`.
-fn streamed<E>(
-    chunks: Vec<Result<Bytes, E>>,
-) -> Result<StreamResponse<stream::Iter<std::vec::IntoIter<Result<Bytes, E>>>>, Error> {
+fn streamed<E>(chunks: Vec<Result<Bytes, E>>) -> Result<StreamResponse<Chunks<E>>, Error> {
     Ok(StreamResponse {
         metadata_prelude: prelude(200),
         stream: stream::iter(chunks),
