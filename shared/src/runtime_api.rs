@@ -128,7 +128,21 @@ where
     R: IntoInvocationResponse,
 {
     let endpoint = Endpoint::from_env()?;
-    serve(endpoint, Arc::new(Config::from_env()), service).await
+    serve(endpoint, Arc::new(config_from_env()), service).await
+}
+
+/// The function's description Lambda sets in the environment, for the handlers'
+/// `Context`. Unlike `Config::from_env`, a missing variable is left empty rather
+/// than a panic: the handlers do not need these.
+fn config_from_env() -> Config {
+    let var = |name: &str| std::env::var(name).unwrap_or_default();
+    Config {
+        function_name: var("AWS_LAMBDA_FUNCTION_NAME"),
+        memory: var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE").parse().unwrap_or(0),
+        version: var("AWS_LAMBDA_FUNCTION_VERSION"),
+        log_stream: var("AWS_LAMBDA_LOG_STREAM_NAME"),
+        log_group: var("AWS_LAMBDA_LOG_GROUP_NAME"),
+    }
 }
 
 /// [`run`] against a given endpoint and configuration.
