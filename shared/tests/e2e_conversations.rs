@@ -220,13 +220,9 @@ async fn list_follows_updated_at_after_sends_and_pages_cover_everything_once() {
         ids.push(stack.create_conversation(&user).await.to_string());
     }
     // A message moves its conversation to the top.
-    let m = marker();
-    stack.scenario(json!({"match": m, "tokens": ["ok"]})).await;
     let bumped = Uuid::parse_str(&ids[2]).expect("uuid");
-    stack
-        .send(&user, bumped, &format!("bump {m}"))
-        .await
-        .message_id();
+    let content = format!("bump {}", marker());
+    stack.turn(&user, bumped, &content, &["ok"]).await;
 
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
@@ -271,9 +267,7 @@ async fn list_follows_updated_at_after_sends_and_pages_cover_everything_once() {
 #[tokio::test]
 async fn delete_removes_every_item_of_a_long_conversation() {
     let stack = Stack::get().await;
-    let user = stack.user();
-    let id = stack.create_conversation(&user).await;
-    let m = marker();
+    let (user, id, m) = stack.chat().await;
     stack
         .scenario(json!({"match": m, "tokens": ["a"], "token_delay_ms": 0, "repeat": true}))
         .await;
@@ -321,9 +315,7 @@ async fn delete_removes_every_item_of_a_long_conversation() {
 #[tokio::test]
 async fn a_send_to_a_deleted_conversation_stores_nothing() {
     let stack = Stack::get().await;
-    let user = stack.user();
-    let id = stack.create_conversation(&user).await;
-    let m = marker();
+    let (user, id, m) = stack.chat().await;
     // The conversation is deleted while the upstream is still thinking.
     stack
         .scenario(json!({"match": m, "tokens": ["late"], "headers_delay_ms": 800}))
@@ -355,8 +347,7 @@ async fn a_send_to_a_deleted_conversation_stores_nothing() {
 #[tokio::test]
 async fn bad_requests_are_refused_and_write_nothing() {
     let stack = Stack::get().await;
-    let user = stack.user();
-    let id = stack.create_conversation(&user).await;
+    let (user, id) = stack.user_with_conversation().await;
     let before_items = stack.items(id).await;
     let long = "x".repeat(501);
     let cases: Vec<(reqwest::Method, String, Option<Value>, u16)> = vec![

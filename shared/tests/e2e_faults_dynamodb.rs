@@ -18,7 +18,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{eventually, marker, roles_and_contents, s, Item, Stack, User};
+use common::{eventually, roles_and_contents, s, Item, Stack, User};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -33,12 +33,11 @@ struct Chat {
 
 impl Chat {
     async fn new(stack: &Stack) -> Chat {
-        let user = stack.user();
-        let id = stack.create_conversation(&user).await;
+        let (user, id, m) = stack.chat().await;
         Chat {
             user,
             id,
-            m: marker(),
+            m,
             word: format!("w{}", Uuid::new_v4().simple()),
         }
     }
@@ -60,13 +59,13 @@ impl Chat {
             .await;
     }
 
-    /// A rule on the TransactWriteItems that stores this chat's answer.
-    fn on_answer_write(&self, fault: Value) -> Value {
+    /// Registers `fault` on the TransactWriteItems that stores this chat's answer.
+    async fn fault_answer_write(&self, stack: &Stack, fault: Value) {
         let mut rule = json!({"operation": "TransactWriteItems", "body_contains": self.word});
         rule.as_object_mut()
             .expect("object")
             .extend(fault.as_object().expect("object").clone());
-        rule
+        stack.fault(rule).await;
     }
 
     /// What the proxy saw for this conversation, without moto's own spurious
@@ -159,8 +158,7 @@ async fn throttled_answer_write_is_retried_and_stored_once() {
     let stack = Stack::get().await;
     for times in [1, 2] {
         let chat = Chat::new(&stack).await;
-        stack
-            .fault(chat.on_answer_write(json!({"fault": "throttle", "times": times})))
+        chat.fault_answer_write(&stack, json!({"fault": "throttle", "times": times}))
             .await;
         chat.send_and_expect_stored(&stack).await;
         let mut expected: Vec<Value> = (0..times).map(|_| json!("throttle")).collect();
@@ -174,8 +172,7 @@ async fn throttled_answer_write_is_retried_and_stored_once() {
 async fn internal_error_on_answer_write_is_retried_and_stored_once() {
     let stack = Stack::get().await;
     let chat = Chat::new(&stack).await;
-    stack
-        .fault(chat.on_answer_write(json!({"fault": "error500"})))
+    chat.fault_answer_write(&stack, json!({"fault": "error500"}))
         .await;
     chat.send_and_expect_stored(&stack).await;
     assert_eq!(
@@ -225,8 +222,7 @@ async fn latency_on_every_request_still_works() {
 async fn an_attempt_that_hangs_is_abandoned_and_retried() {
     let stack = Stack::get().await;
     let chat = Chat::new(&stack).await;
-    stack
-        .fault(chat.on_answer_write(json!({"fault": "latency", "latency_ms": 4500})))
+    chat.fault_answer_write(&stack, json!({"fault": "latency", "latency_ms": 4500}))
         .await;
     let started = Instant::now();
     chat.send_and_expect_stored(&stack).await;
@@ -265,8 +261,7 @@ async fn an_attempt_that_hangs_is_abandoned_and_retried() {
 async fn reset_before_the_answer_write_is_retried_and_stored_once() {
     let stack = Stack::get().await;
     let chat = Chat::new(&stack).await;
-    stack
-        .fault(chat.on_answer_write(json!({"fault": "reset"})))
+    chat.fault_answer_write(&stack, json!({"fault": "reset"}))
         .await;
     chat.send_and_expect_stored(&stack).await;
     let log: Vec<Value> = chat
@@ -295,8 +290,7 @@ async fn reset_after_an_applied_answer_write_leaves_one_answer() {
     // case did not happen; try again on a new conversation.
     for _ in 0..3 {
         let chat = Chat::new(&stack).await;
-        stack
-            .fault(chat.on_answer_write(json!({"fault": "reset_after"})))
+        chat.fault_answer_write(&stack, json!({"fault": "reset_after"}))
             .await;
         chat.expect_answer(&stack).await;
         let stream = stack.send(&chat.user, chat.id, &chat.question()).await;
@@ -348,8 +342,7 @@ async fn reset_after_an_applied_answer_write_leaves_one_answer() {
 async fn reset_after_an_applied_answer_write_ends_done() {
     let stack = Stack::get().await;
     let chat = Chat::new(&stack).await;
-    stack
-        .fault(chat.on_answer_write(json!({"fault": "reset_after"})))
+    chat.fault_answer_write(&stack, json!({"fault": "reset_after"}))
         .await;
     chat.send_and_expect_stored(&stack).await;
 }
@@ -374,15 +367,10 @@ async fn reset_after_an_applied_replacement_ends_done() {
     let stack = Stack::get().await;
     let chat = Chat::new(&stack).await;
     stack
-        .scenario(json!({"match": chat.m, "tokens": ["old"]}))
+        .turn(&chat.user, chat.id, &chat.question(), &["old"])
         .await;
-    stack
-        .send(&chat.user, chat.id, &chat.question())
-        .await
-        .message_id();
     chat.expect_answer(&stack).await;
-    stack
-        .fault(chat.on_answer_write(json!({"fault": "reset_after"})))
+    chat.fault_answer_write(&stack, json!({"fault": "reset_after"}))
         .await;
     let stream = stack.regenerate(&chat.user, chat.id).await;
     assert_eq!(
@@ -403,8 +391,7 @@ async fn reset_after_an_applied_replacement_ends_done() {
 async fn answer_write_throttled_on_every_attempt_ends_persist_failed() {
     let stack = Stack::get().await;
     let chat = Chat::new(&stack).await;
-    stack
-        .fault(chat.on_answer_write(json!({"fault": "throttle", "times": null})))
+    chat.fault_answer_write(&stack, json!({"fault": "throttle", "times": null}))
         .await;
     chat.expect_answer(&stack).await;
     let stream = stack.send(&chat.user, chat.id, &chat.question()).await;
@@ -443,17 +430,12 @@ async fn regenerate_whose_replacement_always_fails_keeps_the_old_answer() {
     for fault in ["throttle", "error500"] {
         let chat = Chat::new(&stack).await;
         stack
-            .scenario(json!({"match": chat.m, "tokens": ["old", " answer"]}))
+            .turn(&chat.user, chat.id, &chat.question(), &["old", " answer"])
             .await;
-        stack
-            .send(&chat.user, chat.id, &chat.question())
-            .await
-            .message_id();
         let before = sorted(stack.items(chat.id).await);
 
         chat.expect_answer(&stack).await;
-        stack
-            .fault(chat.on_answer_write(json!({"fault": fault, "times": null})))
+        chat.fault_answer_write(&stack, json!({"fault": fault, "times": null}))
             .await;
         let stream = stack.regenerate(&chat.user, chat.id).await;
         assert_eq!(stream.status, 200);

@@ -57,8 +57,7 @@ async fn connection_refused_is_inference_unavailable() {
             &format!("http://127.0.0.1:{port}/generate"),
         )],
     );
-    let user = stack.user();
-    let id = stack.create_conversation(&user).await;
+    let (user, id) = stack.user_with_conversation().await;
     let stream = send_in_process(&stack, state, &user, id, &format!("refused {}", marker())).await;
     assert_eq!(stream.status, 200);
     stream.assert_failed_with("inference_unavailable");
@@ -83,9 +82,7 @@ async fn a_first_token_after_60_seconds_arrives_with_pings_all_along() {
             ("INFERENCE_DEADLINE_SECS", "270"),
         ],
     );
-    let user = stack.user();
-    let id = stack.create_conversation(&user).await;
-    let m = marker();
+    let (user, id, m) = stack.chat().await;
     stack
         .scenario(json!({"match": m, "headers_delay_ms": 30000, "first_token_delay_ms": 30500, "tokens": ["worth", " the wait"]}))
         .await;
@@ -101,9 +98,7 @@ async fn a_first_token_after_60_seconds_arrives_with_pings_all_along() {
 #[tokio::test]
 async fn a_stream_that_never_ends_is_cut_at_the_deadline_and_its_part_kept() {
     let stack = Stack::get().await;
-    let user = stack.user();
-    let id = stack.create_conversation(&user).await;
-    let m = marker();
+    let (user, id, m) = stack.chat().await;
     // The test stack's deadline is 6 s; the upstream sends two tokens and hangs.
     stack
         .scenario(json!({"match": m, "tokens": ["never", " ending", " story"], "hang_after": 2}))

@@ -165,6 +165,18 @@ async fn run_table(stack: &Stack, cases: &[Case]) -> Vec<String> {
     failures
 }
 
+/// Runs every case and fails listing all the cases that did not get their answer.
+async fn assert_every_case_passes(stack: &Stack, cases: &[Case]) {
+    let failures = run_table(stack, cases).await;
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
 /// What a rejected request could have changed: every item of the conversations
 /// involved, and the conversation list of the users involved.
 #[derive(Debug, PartialEq)]
@@ -197,12 +209,8 @@ async fn snapshot(stack: &Stack, conversations: &[Uuid], users: &[&User]) -> Sna
 /// A conversation of `user` holding one answered turn.
 async fn conversation_with_a_turn(stack: &Stack, user: &User) -> Uuid {
     let id = stack.create_conversation(user).await;
-    let m = marker();
-    stack.scenario(json!({"match": m, "tokens": ["ok"]})).await;
-    stack
-        .send(user, id, &format!("turn {m}"))
-        .await
-        .message_id();
+    let content = format!("turn {}", marker());
+    stack.turn(user, id, &content, &["ok"]).await;
     id
 }
 
@@ -727,14 +735,7 @@ async fn every_bad_input_of_the_spec_is_refused_and_writes_nothing() {
         });
     }
 
-    let failures = run_table(&stack, &cases).await;
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
-    );
+    assert_every_case_passes(&stack, &cases).await;
     let after = snapshot(&stack, &[victims, own, empty], &[&victim, &attacker]).await;
     assert_eq!(after, before, "a rejected request wrote to the table");
     assert_eq!(
@@ -864,14 +865,7 @@ async fn every_bad_token_is_401_on_every_route_and_writes_nothing() {
     for (name, auth) in &tokens {
         cases.extend(every_route(name, &victims.to_string(), auth, &content));
     }
-    let failures = run_table(&stack, &cases).await;
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
-    );
+    assert_every_case_passes(&stack, &cases).await;
 
     // The control: the victim's own token is accepted on the same route.
     let (status, _) = stack.get_conversation(&victim, victims).await;

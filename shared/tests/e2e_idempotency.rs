@@ -28,9 +28,7 @@ async fn post(
 #[tokio::test]
 async fn a_retry_after_completion_replays_the_stored_answer() {
     let stack = Stack::get().await;
-    let user = stack.user();
-    let id = stack.create_conversation(&user).await;
-    let m = marker();
+    let (user, id, m) = stack.chat().await;
     let key = format!("key-{m}");
     stack
         .scenario(json!({"match": m, "tokens": ["Hel", "lo", "!"]}))
@@ -68,9 +66,7 @@ async fn a_retry_after_completion_replays_the_stored_answer() {
 #[tokio::test]
 async fn a_retry_while_running_is_409_and_a_different_body_is_422() {
     let stack = Stack::get().await;
-    let user = stack.user();
-    let id = stack.create_conversation(&user).await;
-    let m = marker();
+    let (user, id, m) = stack.chat().await;
     let key = format!("key-{m}");
     stack
         .scenario(json!({"match": m, "tokens": ["slow"], "first_token_delay_ms": 1500}))
@@ -111,9 +107,7 @@ async fn a_retry_while_running_is_409_and_a_different_body_is_422() {
 #[tokio::test]
 async fn a_retry_of_a_failed_send_replays_the_failure_without_a_second_message() {
     let stack = Stack::get().await;
-    let user = stack.user();
-    let id = stack.create_conversation(&user).await;
-    let m = marker();
+    let (user, id, m) = stack.chat().await;
     let key = format!("key-{m}");
     stack.scenario(json!({"match": m, "status": 502})).await;
     let body = json!({"content": format!("unlucky {m}")});
@@ -191,8 +185,7 @@ async fn keys_are_per_user_and_regenerate_honours_them() {
 #[tokio::test]
 async fn a_malformed_key_is_422_and_writes_nothing() {
     let stack = Stack::get().await;
-    let user = stack.user();
-    let id = stack.create_conversation(&user).await;
+    let (user, id) = stack.user_with_conversation().await;
     for key in ["k".repeat(129), "has space".to_owned(), "ключ".to_owned()] {
         let resp = stack
             .http

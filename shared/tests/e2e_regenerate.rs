@@ -15,9 +15,7 @@ fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
 #[tokio::test]
 async fn regenerate_replaces_the_last_answer() {
     let stack = Stack::get().await;
-    let user = stack.user();
-    let id = stack.create_conversation(&user).await;
-    let m = marker();
+    let (user, id, m) = stack.chat().await;
     let hi = format!("hi {m}");
     stack
         .scenario(json!({"match": m, "tokens": ["first"]}))
@@ -81,22 +79,14 @@ async fn a_failed_regeneration_keeps_the_old_answer() {
 #[tokio::test]
 async fn regenerate_after_a_failed_turn_answers_it_and_deletes_nothing() {
     let stack = Stack::get().await;
-    let user = stack.user();
-    let id = stack.create_conversation(&user).await;
-    let m = marker();
-    stack
-        .scenario(json!({"match": format!("one {m}"), "tokens": ["A1"]}))
-        .await;
+    let (user, id, m) = stack.chat().await;
+    stack.turn(&user, id, &format!("one {m}"), &["A1"]).await;
     stack
         .scenario(json!({"match": format!("two {m}"), "status": 500}))
         .await;
     stack
         .scenario(json!({"match": format!("two {m}"), "tokens": ["A2"]}))
         .await;
-    stack
-        .send(&user, id, &format!("one {m}"))
-        .await
-        .message_id();
     stack
         .send(&user, id, &format!("two {m}"))
         .await
@@ -127,26 +117,12 @@ async fn regenerate_after_a_failed_turn_answers_it_and_deletes_nothing() {
 #[tokio::test]
 async fn only_the_last_answer_is_ever_replaced() {
     let stack = Stack::get().await;
-    let user = stack.user();
-    let id = stack.create_conversation(&user).await;
-    let m = marker();
-    stack
-        .scenario(json!({"match": format!("one {m}"), "tokens": ["A1"]}))
-        .await;
-    stack
-        .scenario(json!({"match": format!("two {m}"), "tokens": ["A2"]}))
-        .await;
+    let (user, id, m) = stack.chat().await;
+    stack.turn(&user, id, &format!("one {m}"), &["A1"]).await;
+    stack.turn(&user, id, &format!("two {m}"), &["A2"]).await;
     stack
         .scenario(json!({"match": format!("two {m}"), "tokens": ["A2 again"]}))
         .await;
-    stack
-        .send(&user, id, &format!("one {m}"))
-        .await
-        .message_id();
-    stack
-        .send(&user, id, &format!("two {m}"))
-        .await
-        .message_id();
     let before = stack.stored_messages(id).await;
 
     stack.regenerate(&user, id).await.message_id();
@@ -159,9 +135,7 @@ async fn only_the_last_answer_is_ever_replaced() {
 #[tokio::test]
 async fn racing_regenerates_leave_exactly_one_answer() {
     let stack = Stack::get().await;
-    let user = stack.user();
-    let id = stack.create_conversation(&user).await;
-    let m = marker();
+    let (user, id, m) = stack.chat().await;
     stack
         .scenario(json!({"match": m, "tokens": ["original"]}))
         .await;
@@ -197,14 +171,10 @@ async fn racing_regenerates_leave_exactly_one_answer() {
 #[tokio::test]
 async fn a_send_during_a_regeneration_wins_and_nothing_is_misattached() {
     let stack = Stack::get().await;
-    let user = stack.user();
-    let id = stack.create_conversation(&user).await;
-    let m = marker();
+    let (user, id, m) = stack.chat().await;
     let one = format!("one {m}");
     let two = format!("two {m}");
-    stack
-        .scenario(json!({"match": one, "tokens": ["A1"]}))
-        .await;
+    stack.turn(&user, id, &one, &["A1"]).await;
     stack
         .scenario(
             json!({"match": one, "tokens": ["late", " answer"], "first_token_delay_ms": 1000}),
@@ -213,7 +183,6 @@ async fn a_send_during_a_regeneration_wins_and_nothing_is_misattached() {
     stack
         .scenario(json!({"match": two, "tokens": ["A2"]}))
         .await;
-    stack.send(&user, id, &one).await.message_id();
 
     let regenerate = stack.regenerate(&user, id);
     let send = async {
@@ -238,8 +207,7 @@ async fn a_send_during_a_regeneration_wins_and_nothing_is_misattached() {
 #[tokio::test]
 async fn regenerate_without_a_user_message_is_400() {
     let stack = Stack::get().await;
-    let user = stack.user();
-    let id = stack.create_conversation(&user).await;
+    let (user, id) = stack.user_with_conversation().await;
     let resp = stack
         .http
         .post(stack.url("regenerate", &format!("/api/conversations/{id}/regenerate")))
@@ -258,8 +226,7 @@ async fn regenerate_without_a_user_message_is_400() {
 #[tokio::test]
 async fn regenerate_validates_its_body() {
     let stack = Stack::get().await;
-    let user = stack.user();
-    let id = stack.create_conversation(&user).await;
+    let (user, id) = stack.user_with_conversation().await;
     for body in [json!({"temperature": 3}), json!({"top_k": "5"}), json!([1])] {
         let stream = stack
             .post_stream("regenerate", &user, &id.to_string(), body.clone())

@@ -14,15 +14,12 @@ use uuid::Uuid;
 #[tokio::test]
 async fn first_message_streams_and_is_stored() {
     let stack = Stack::get().await;
-    let user = stack.user();
-    let id = stack.create_conversation(&user).await;
+    let (user, id) = stack.user_with_conversation().await;
     // "hi there" is this test's own content (it becomes the title), so its
     // scenario matches on it: no other test sends it.
-    stack
-        .scenario(json!({"match": "hi there", "tokens": ["hel", "lo", " world"]}))
+    let stream = stack
+        .send_scripted(&user, id, "hi there", &["hel", "lo", " world"])
         .await;
-
-    let stream = stack.send(&user, id, "hi there").await;
     assert_eq!(stream.status, 200);
     assert_eq!(stream.headers["content-type"], "text/event-stream");
     assert_eq!(stream.headers["cache-control"], "no-cache");
@@ -77,19 +74,11 @@ async fn first_message_streams_and_is_stored() {
 #[tokio::test]
 async fn second_turn_sends_history_and_parameters() {
     let stack = Stack::get().await;
-    let user = stack.user();
-    let id = stack.create_conversation(&user).await;
-    let m = marker();
-    stack
-        .scenario(json!({"match": format!("one {m}"), "tokens": ["A1"]}))
-        .await;
+    let (user, id, m) = stack.chat().await;
+    stack.turn(&user, id, &format!("one {m}"), &["A1"]).await;
     stack
         .scenario(json!({"match": format!("two {m}"), "tokens": ["A2"]}))
         .await;
-    stack
-        .send(&user, id, &format!("one {m}"))
-        .await
-        .message_id();
     let body = json!({
         "content": format!("two {m}"), "temperature": 0.2, "max_tokens": 7, "top_k": 3,
         "thinking_mode": true, "force_web_search": true,
@@ -175,8 +164,7 @@ async fn missing_foreign_and_malformed_ids_are_the_same_404_and_write_nothing() 
 #[tokio::test]
 async fn invalid_bodies_are_422_and_write_nothing() {
     let stack = Stack::get().await;
-    let user = stack.user();
-    let id = stack.create_conversation(&user).await;
+    let (user, id) = stack.user_with_conversation().await;
     let before = stack.items(id).await;
     // Non-UTF-8 bytes go as octet-stream: Function URLs then base64-encode the
     // body (cargo lambda's emulator refuses such bytes in a text body outright).
@@ -239,8 +227,7 @@ async fn invalid_bodies_are_422_and_write_nothing() {
 #[tokio::test]
 async fn auth_and_method_errors() {
     let stack = Stack::get().await;
-    let user = stack.user();
-    let id = stack.create_conversation(&user).await;
+    let (user, id) = stack.user_with_conversation().await;
     let url = stack.url("send", &format!("/api/conversations/{id}/messages"));
     let body = json!({"content": "x"});
 
@@ -370,9 +357,7 @@ async fn hostile_upstream_framing_is_read_correctly() {
 #[tokio::test]
 async fn silence_is_filled_with_pings_and_the_answer_stored() {
     let stack = Stack::get().await;
-    let user = stack.user();
-    let id = stack.create_conversation(&user).await;
-    let m = marker();
+    let (user, id, m) = stack.chat().await;
     // The test stack pings after 400 ms of silence: a 1.7 s wait before the
     // headers and another before the first token stand in for 17 s in production.
     stack
@@ -394,9 +379,7 @@ async fn silence_is_filled_with_pings_and_the_answer_stored() {
 #[tokio::test]
 async fn tokens_are_forwarded_as_they_arrive() {
     let stack = Stack::get().await;
-    let user = stack.user();
-    let id = stack.create_conversation(&user).await;
-    let m = marker();
+    let (user, id, m) = stack.chat().await;
     stack
         .scenario(json!({"match": m, "tokens": ["t1", "t2", "t3"], "token_delay_ms": 600}))
         .await;
@@ -428,9 +411,7 @@ async fn tokens_are_forwarded_as_they_arrive() {
 #[tokio::test]
 async fn a_browser_that_leaves_still_gets_the_full_answer_stored() {
     let stack = Stack::get().await;
-    let user = stack.user();
-    let id = stack.create_conversation(&user).await;
-    let m = marker();
+    let (user, id, m) = stack.chat().await;
     stack
         .scenario(json!({"match": m, "tokens": ["one", " two", " three", " four"], "token_delay_ms": 300}))
         .await;

@@ -45,6 +45,16 @@ async fn counted_store(stack: &Stack) -> (Store, Counter) {
     (Store::new(client, stack.table.clone()), counter)
 }
 
+/// A new user and a conversation of theirs, made through the store.
+async fn new_conversation(store: &Store) -> (Uuid, Conversation) {
+    let user = Uuid::new_v4();
+    let conversation = store
+        .create_conversation(user, DEFAULT_TITLE, "default")
+        .await
+        .expect("create");
+    (user, conversation)
+}
+
 fn message(conversation: &Conversation, role: Role, content: &str) -> Message {
     Message {
         id: Uuid::now_v7(),
@@ -63,11 +73,7 @@ fn message(conversation: &Conversation, role: Role, content: &str) -> Message {
 async fn one_query_loads_the_conversation_and_its_newest_messages() {
     let stack = Stack::get().await;
     let (store, counter) = counted_store(&stack).await;
-    let user = Uuid::new_v4();
-    let conversation = store
-        .create_conversation(user, DEFAULT_TITLE, "default")
-        .await
-        .expect("create");
+    let (user, conversation) = new_conversation(&store).await;
     let mut contents = Vec::new();
     for i in 0..60 {
         let role = if i % 2 == 0 {
@@ -122,11 +128,7 @@ async fn one_query_loads_the_conversation_and_its_newest_messages() {
 async fn the_title_is_taken_once_and_never_over_a_rename() {
     let stack = Stack::get().await;
     let (store, _) = counted_store(&stack).await;
-    let user = Uuid::new_v4();
-    let conversation = store
-        .create_conversation(user, DEFAULT_TITLE, "default")
-        .await
-        .expect("create");
+    let (user, conversation) = new_conversation(&store).await;
     let renamed = store
         .rename(user, conversation.id, "Mine")
         .await
@@ -157,11 +159,7 @@ async fn the_title_is_taken_once_and_never_over_a_rename() {
 async fn message_writes_need_the_conversation_and_its_owner() {
     let stack = Stack::get().await;
     let (store, _) = counted_store(&stack).await;
-    let user = Uuid::new_v4();
-    let conversation = store
-        .create_conversation(user, DEFAULT_TITLE, "default")
-        .await
-        .expect("create");
+    let (user, conversation) = new_conversation(&store).await;
     let m = message(&conversation, Role::User, "q");
 
     let foreign = store
@@ -181,11 +179,7 @@ async fn message_writes_need_the_conversation_and_its_owner() {
 async fn a_replacement_needs_the_expected_last_message() {
     let stack = Stack::get().await;
     let (store, _) = counted_store(&stack).await;
-    let user = Uuid::new_v4();
-    let conversation = store
-        .create_conversation(user, DEFAULT_TITLE, "default")
-        .await
-        .expect("create");
+    let (user, conversation) = new_conversation(&store).await;
     let q = message(&conversation, Role::User, "q");
     store
         .append_message(user, &conversation, &q, None)
@@ -240,11 +234,7 @@ async fn a_replacement_needs_the_expected_last_message() {
 async fn concurrent_appends_all_land() {
     let stack = Stack::get().await;
     let (store, _) = counted_store(&stack).await;
-    let user = Uuid::new_v4();
-    let conversation = store
-        .create_conversation(user, DEFAULT_TITLE, "default")
-        .await
-        .expect("create");
+    let (user, conversation) = new_conversation(&store).await;
     let writes = (0..12).map(|i| {
         let store = store.clone();
         let conversation = conversation.clone();

@@ -203,6 +203,39 @@ impl Stack {
             .await
     }
 
+    /// A new user and a conversation of theirs.
+    pub async fn user_with_conversation(&self) -> (User, Uuid) {
+        let user = self.user();
+        let id = self.create_conversation(&user).await;
+        (user, id)
+    }
+
+    /// A new user, a conversation of theirs, and a [`marker`] for its scenarios.
+    pub async fn chat(&self) -> (User, Uuid, String) {
+        let (user, id) = self.user_with_conversation().await;
+        (user, id, marker())
+    }
+
+    /// Registers a scenario answering `content` with `tokens`, then sends `content`.
+    pub async fn send_scripted(
+        &self,
+        user: &User,
+        id: Uuid,
+        content: &str,
+        tokens: &[&str],
+    ) -> Stream {
+        self.scenario(json!({"match": content, "tokens": tokens}))
+            .await;
+        self.send(user, id, content).await
+    }
+
+    /// [`Stack::send_scripted`], which must end `done`: the answer's message id.
+    pub async fn turn(&self, user: &User, id: Uuid, content: &str, tokens: &[&str]) -> String {
+        self.send_scripted(user, id, content, tokens)
+            .await
+            .message_id()
+    }
+
     /// Every item of the conversation's partition, read directly from the table.
     pub async fn items(&self, id: Uuid) -> Vec<Item> {
         let mut items = Vec::new();
