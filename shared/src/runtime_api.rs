@@ -187,7 +187,6 @@ where
                 let _ = reply.into_body().collect().await;
                 if !status.is_success() {
                     let _span = span.enter();
-                    // Also what a local emulator answers when the browser left mid-stream.
                     tracing::warn!(%status, "the Runtime API refused the invocation's response");
                 }
             }
