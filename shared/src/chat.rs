@@ -5,12 +5,13 @@
 //! history they send and in how the answer is stored ([`Persist`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Method, Response, StatusCode};
 use lambda_http::{Error, Request};
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tracing::{info, warn, Instrument};
 use uuid::Uuid;
@@ -306,6 +307,9 @@ fn replay_stream(replay: &Replay) -> Response<ResponseBody> {
     stream_response(rx)
 }
 
+/// How long the user-message write may wait for the upstream's response head.
+const WRITE_HOLD: Duration = Duration::from_millis(50);
+
 async fn run(job: Job, mut sink: Sink) {
     let config = &job.state.config;
     let timing = Timing {
@@ -318,10 +322,14 @@ async fn run(job: Job, mut sink: Sink) {
         "stream opened"
     );
 
-    // The user message is written while the upstream is already working; both
-    // must be done before the answer is stored.
+    // The user message is written while the upstream works; both must be done
+    // before the answer is stored. The write waits for the upstream's response
+    // head, for at most `WRITE_HOLD`: on the instance's one thread its work
+    // (signing, connecting) would otherwise delay the upstream request.
     let (stored_user, outcome) = {
+        let head_seen = Notify::new();
         let write = async {
+            let _ = tokio::time::timeout(WRITE_HOLD, head_seen.notified()).await;
             match &job.user_message {
                 Some((message, title)) => {
                     job.state
@@ -332,12 +340,16 @@ async fn run(job: Job, mut sink: Sink) {
                 None => Ok(()),
             }
         };
-        let upstream = relay::relay(&job.state.inference, &job.request, &mut sink, timing);
+        let upstream = async {
+            let opened = relay::open(&job.state.inference, &job.request, &mut sink, timing).await;
+            head_seen.notify_one();
+            relay::stream(opened, &mut sink, timing).await
+        };
         tokio::pin!(write, upstream);
         let mut written = None;
         loop {
-            // Biased, upstream first: the first poll must open the upstream
-            // request before the user-message write takes the runtime's turn.
+            // Biased, upstream first: a token waiting to be forwarded goes before
+            // the write's next step.
             tokio::select! {
                 biased;
                 outcome = &mut upstream => {

@@ -107,21 +107,48 @@ pub async fn relay(
     sink: &mut Sink,
     timing: Timing,
 ) -> Outcome {
+    let opened = open(client, request, sink, timing).await;
+    stream(opened, sink, timing).await
+}
+
+/// The upstream's answer to the request: its response head, or why there is none.
+pub struct Opened {
+    started: Instant,
+    head: Result<reqwest::Response, Failure>,
+}
+
+/// Sends the request and waits for the response head, pinging the browser
+/// meanwhile.
+pub async fn open(
+    client: &InferenceClient,
+    request: &InferenceRequest,
+    sink: &mut Sink,
+    timing: Timing,
+) -> Opened {
     let started = Instant::now();
+    let head = match with_pings(client.start(request), sink, timing).await {
+        None | Some(Err(StartError::Unavailable)) => Err(Failure::Unavailable),
+        Some(Err(StartError::Status(code))) => Err(Failure::Status(code)),
+        Some(Ok(response)) => Ok(response),
+    };
+    Opened { started, head }
+}
+
+/// Forwards the opened exchange's events to `sink` until its `done`, its end or
+/// the deadline.
+pub async fn stream(opened: Opened, sink: &mut Sink, timing: Timing) -> Outcome {
     let mut outcome = Outcome {
         content: String::new(),
         token_count: 0,
         inference_time_ms: 0,
         failure: None,
     };
-    let failure = match with_pings(client.start(request), sink, timing).await {
-        None => Some(Failure::Unavailable),
-        Some(Err(StartError::Unavailable)) => Some(Failure::Unavailable),
-        Some(Err(StartError::Status(code))) => Some(Failure::Status(code)),
-        Some(Ok(response)) => read_stream(response, sink, timing, &mut outcome).await,
+    outcome.failure = match opened.head {
+        Err(failure) => Some(failure),
+        Ok(response) => read_stream(response, sink, timing, &mut outcome).await,
     };
-    outcome.failure = failure;
-    outcome.inference_time_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    outcome.inference_time_ms =
+        u64::try_from(opened.started.elapsed().as_millis()).unwrap_or(u64::MAX);
     outcome
 }
 
