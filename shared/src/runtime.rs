@@ -54,31 +54,41 @@ where
 /// A client-sent marker header is always dropped so it cannot be forged.
 pub fn sanitize(mut event: LambdaEvent<LambdaRequest>) -> LambdaEvent<LambdaRequest> {
     match &mut event.payload {
-        LambdaRequest::ApiGatewayV1(r) => {
-            refuse_repeated_authorization(&mut r.headers, &mut r.multi_value_headers);
-            r.multi_value_headers.remove(BODY_ERROR_HEADER);
-            fix(&mut r.headers, &mut r.body, &mut r.is_base64_encoded);
-            if r.headers.contains_key(BODY_ERROR_HEADER) {
-                r.multi_value_headers
-                    .insert(BODY_ERROR_HEADER, HeaderValue::from_static("base64"));
-            }
-        }
+        LambdaRequest::ApiGatewayV1(r) => fix_multi_valued(
+            &mut r.headers,
+            &mut r.multi_value_headers,
+            &mut r.body,
+            &mut r.is_base64_encoded,
+        ),
         LambdaRequest::ApiGatewayV2(r) => {
             fix(&mut r.headers, &mut r.body, &mut r.is_base64_encoded)
         }
-        LambdaRequest::Alb(r) => {
-            refuse_repeated_authorization(&mut r.headers, &mut r.multi_value_headers);
-            r.multi_value_headers.remove(BODY_ERROR_HEADER);
-            fix(&mut r.headers, &mut r.body, &mut r.is_base64_encoded);
-            if r.headers.contains_key(BODY_ERROR_HEADER) {
-                r.multi_value_headers
-                    .insert(BODY_ERROR_HEADER, HeaderValue::from_static("base64"));
-            }
-        }
+        LambdaRequest::Alb(r) => fix_multi_valued(
+            &mut r.headers,
+            &mut r.multi_value_headers,
+            &mut r.body,
+            &mut r.is_base64_encoded,
+        ),
         #[allow(unreachable_patterns)]
         _ => {}
     }
     event
+}
+
+/// [`fix`] for the event shapes that also carry `multiValueHeaders` (REST API,
+/// ALB), which `lambda_http` reads in preference to `headers`.
+fn fix_multi_valued(
+    headers: &mut HeaderMap,
+    multi: &mut HeaderMap,
+    body: &mut Option<String>,
+    is_base64: &mut bool,
+) {
+    refuse_repeated_authorization(headers, multi);
+    multi.remove(BODY_ERROR_HEADER);
+    fix(headers, body, is_base64);
+    if headers.contains_key(BODY_ERROR_HEADER) {
+        multi.insert(BODY_ERROR_HEADER, HeaderValue::from_static("base64"));
+    }
 }
 
 fn refuse_repeated_authorization(headers: &mut HeaderMap, multi: &mut HeaderMap) {
