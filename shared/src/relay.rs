@@ -100,17 +100,6 @@ pub struct Timing {
     pub deadline: Instant,
 }
 
-/// Runs one upstream exchange, forwarding its events to `sink`.
-pub async fn relay(
-    client: &InferenceClient,
-    request: &InferenceRequest,
-    sink: &mut Sink,
-    timing: Timing,
-) -> Outcome {
-    let opened = open(client, request, sink, timing).await;
-    stream(opened, sink, timing).await
-}
-
 /// The upstream's answer to the request: its response head, or why there is none.
 pub struct Opened {
     started: Instant,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use samosachaat::config::Config;
 use samosachaat::inference::{InferenceClient, InferenceRequest};
 use samosachaat::prompt::{Role, Turn};
-use samosachaat::relay::{relay, Sink, Timing};
+use samosachaat::relay::{open, stream, Sink, Timing};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -110,7 +110,8 @@ async fn consecutive_sends_share_one_upstream_connection() {
             ping: Duration::from_secs(30),
             deadline: tokio::time::Instant::now() + Duration::from_secs(30),
         };
-        let outcome = relay(&client, &request, &mut sink, timing).await;
+        let opened = open(&client, &request, &mut sink, timing).await;
+        let outcome = stream(opened, &mut sink, timing).await;
         assert_eq!(outcome.failure, None, "turn {turn}");
         assert_eq!(outcome.content, "namaste");
         drop(sink);
