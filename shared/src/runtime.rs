@@ -13,6 +13,7 @@
 //! so such a request is refused (401) like any other ambiguous credential.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use base64::Engine;
 use http::{HeaderMap, HeaderValue};
@@ -24,6 +25,28 @@ use lambda_http::{
 
 use crate::api::{ResponseBody, BODY_ERROR_HEADER};
 use crate::runtime_api;
+use crate::state::AppState;
+
+/// A function's `main`: logging, a current-thread Tokio runtime, the
+/// [`AppState`] once per cold start, then `serve` with it.
+///
+/// One thread: Lambda runs one invocation at a time per instance, on a fraction
+/// of a vCPU, so a multi-thread scheduler only adds cross-thread wake-ups on every
+/// hand-off (see the README's benchmark).
+pub fn main<F, Fut>(serve: F) -> Result<(), Error>
+where
+    F: FnOnce(Arc<AppState>) -> Fut,
+    Fut: Future<Output = Result<(), Error>>,
+{
+    lambda_http::tracing::init_default_subscriber();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let state = AppState::from_env().await?;
+        serve(state).await
+    })
+}
 
 /// Runs a handler whose responses stream (Lambda response streaming).
 pub async fn run_streaming<F, Fut>(handler: F) -> Result<(), Error>

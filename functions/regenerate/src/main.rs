@@ -1,12 +1,7 @@
 //! The `regenerate` function: streams an answer to the browser (Lambda response streaming).
 
-use samosachaat::{chat, runtime, AppState};
+use samosachaat::{chat, runtime};
 
-// One invocation at a time per instance, on a fraction of a vCPU: one thread
-// avoids cross-thread wake-ups on every hand-off (see the README's benchmark).
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), lambda_http::Error> {
-    lambda_http::tracing::init_default_subscriber();
-    let state = AppState::from_env().await?;
-    runtime::run_streaming(move |req| chat::regenerate(state.clone(), req)).await
+fn main() -> Result<(), lambda_http::Error> {
+    runtime::main(|state| runtime::run_streaming(move |req| chat::regenerate(state.clone(), req)))
 }
