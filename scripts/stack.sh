@@ -21,8 +21,8 @@ dir="$root/.stack/$profile"
 venv="$root/.tools/venv"
 
 case "$profile" in
-  dev)  fn_port=9000;  ddb_port=8765;  inf_port=8766; ping_ms=15000; deadline=270; concurrency=4;  token_ms=40 ;;
-  test) fn_port=19000; ddb_port=18765; inf_port=18766; ping_ms=400;   deadline=6;   concurrency=64; token_ms=5 ;;
+  dev)  fn_port=9000;  ddb_port=8765;  inf_port=8766; ping_ms=15000; deadline=270; concurrency=4;  token_ms=40; checkpoint_ms=1000; stale_ms=30000 ;;
+  test) fn_port=19000; ddb_port=18765; inf_port=18766; ping_ms=400;   deadline=6;   concurrency=64; token_ms=5;  checkpoint_ms=1000; stale_ms=4000 ;;
   *) echo "unknown profile $profile (dev|test)" >&2; exit 2 ;;
 esac
 # STACK_PORT_SHIFT moves every port, so a second checkout can run its own stack.
@@ -87,6 +87,8 @@ JWT_ISSUER=samosachaat-auth
 ALLOWED_ORIGINS=http://localhost:3000
 PING_INTERVAL_MS=$ping_ms
 INFERENCE_DEADLINE_SECS=$deadline
+CHECKPOINT_INTERVAL_MS=$checkpoint_ms
+LIVE_STALE_AFTER_MS=$stale_ms
 AWS_ENDPOINT_URL_DYNAMODB=http://127.0.0.1:$proxy_port
 AWS_REGION=us-east-1
 AWS_ACCESS_KEY_ID=local
