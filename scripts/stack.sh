@@ -9,15 +9,17 @@
 # `test` on 19000, 18765, 18766 with short ping and deadline settings, so the two
 # can run side by side. The functions reach DynamoDB through `fault-proxy`
 # (dev/fault-proxy) on the DynamoDB port + 10 (8775 / 18775), where tests inject
-# faults; tests read the table directly (DYNAMODB_DIRECT_URL).
-# Everything lives in .stack/<profile>/ (git-ignored).
+# faults; tests read the table directly (DYNAMODB_DIRECT_URL). The local chat page
+# (dev/chat-page) is served from its own origin on the functions port + 80
+# (9080 / 19080), which ALLOWED_ORIGINS lists.
+# Everything lives in .stack/<profile>/ (git-ignored; .stack/<profile>-<shift>/
+# with STACK_PORT_SHIFT).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 
 cmd="${1:-up}"
 profile="${2:-dev}"
-dir="$root/.stack/$profile"
 venv="$root/.tools/venv"
 
 case "$profile" in
@@ -29,6 +31,10 @@ esac
 shift_by="${STACK_PORT_SHIFT:-0}"
 fn_port=$((fn_port + shift_by)); ddb_port=$((ddb_port + shift_by)); inf_port=$((inf_port + shift_by))
 proxy_port=$((ddb_port + 10))
+page_port=$((fn_port + 80))
+# A shifted stack keeps its own directory: its pids must never stop another's.
+dir="$root/.stack/$profile"
+[ "$shift_by" = 0 ] || dir="$dir-$shift_by"
 
 stop() {
   if [ -d "$dir/pids" ]; then
@@ -84,7 +90,7 @@ INFERENCE_URL=http://127.0.0.1:$inf_port/generate
 INTERNAL_API_KEY=$api_key
 JWT_PUBLIC_KEY='$public_key'
 JWT_ISSUER=samosachaat-auth
-ALLOWED_ORIGINS=http://localhost:3000
+ALLOWED_ORIGINS=http://localhost:3000,http://127.0.0.1:$page_port,http://localhost:$page_port
 PING_INTERVAL_MS=$ping_ms
 INFERENCE_DEADLINE_SECS=$deadline
 CHECKPOINT_INTERVAL_MS=$checkpoint_ms
@@ -103,6 +109,7 @@ JWT_PRIVATE_KEY_FILE=$dir/jwt-private.pem
 STACK_DIR=$dir
 DYNAMODB_DIRECT_URL=http://127.0.0.1:$ddb_port
 FAULT_PROXY_URL=http://127.0.0.1:$proxy_port
+CHAT_PAGE_URL=http://127.0.0.1:$page_port/
 EOF
 
 cargo build --quiet -p mock-inference -p fault-proxy -p stack -p send -p regenerate -p conversations
@@ -135,4 +142,11 @@ for fn in send regenerate conversations; do
     tail -n 60 "$dir/logs/functions.log" >&2; exit 1 ;;
   esac
 done
+# The chat page's own small server: static files, and a fresh access token for
+# the page from the stack's CLI (`/config.json`).
+start page python3 "$root/dev/chat-page/serve.py" --port "$page_port" \
+  --functions-url "$FUNCTIONS_URL" --stack-cli "${CARGO_TARGET_DIR:-$root/target}/debug/stack"
+wait_http "http://127.0.0.1:$page_port/" 30 page
+
 echo "stack ($profile) up: functions http://127.0.0.1:$fn_port/lambda-url/<function>/..., env in $dir/env"
+echo "chat page: http://127.0.0.1:$page_port/"
