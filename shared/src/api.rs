@@ -220,17 +220,32 @@ pub fn conversation_id(segment: &str) -> Result<Uuid, ApiError> {
 /// The route a chat function serves: `POST /api/conversations/{id}/<action>`.
 /// Returns the raw id segment; it is parsed after authentication.
 pub fn chat_route<'r>(req: &'r Request, action: &str) -> Result<&'r str, ApiError> {
-    let rest = conversation_route(req.uri().path()).ok_or(ApiError::RouteNotFound)?;
-    let [id, act] = rest.as_slice() else {
-        return Err(ApiError::RouteNotFound);
-    };
-    if *act != action {
+    action_route(req, action, &Method::POST)
+}
+
+/// `<method> /api/conversations/{id}/<action>`: the raw id segment.
+pub fn action_route<'r>(
+    req: &'r Request,
+    action: &str,
+    method: &Method,
+) -> Result<&'r str, ApiError> {
+    let [id, act] = route_action(req).ok_or(ApiError::RouteNotFound)?;
+    if act != action {
         return Err(ApiError::RouteNotFound);
     }
-    if req.method() != Method::POST {
+    if req.method() != method {
         return Err(ApiError::MethodNotAllowed);
     }
     Ok(id)
+}
+
+/// The `[id, action]` segments of `/api/conversations/{id}/<action>`, if the
+/// path has that shape.
+pub fn route_action(req: &Request) -> Option<[&str; 2]> {
+    match conversation_route(req.uri().path())?.as_slice() {
+        [id, act] => Some([*id, *act]),
+        _ => None,
+    }
 }
 
 /// A response body that is either whole or a stream of server-sent events.

@@ -1,8 +1,11 @@
 //! The chat use cases: `send` and `regenerate` (SPEC sections 2-6).
 //!
-//! Both follow one path: authenticate, validate, one Query, build the prompt, open
-//! the stream, relay the upstream, persist, `done`. They differ only in the
-//! history they send and in how the answer is stored ([`Persist`]).
+//! Both follow one path: authenticate, validate, one DynamoDB round trip (the
+//! Query and the claim of the conversation's live slot, side by side), build the
+//! prompt, open the stream, relay the upstream while checkpointing it
+//! ([`live::Checkpointer`]), persist, `done`. They differ only in the history
+//! they send and in how the answer is stored ([`Persist`]). The `send` function
+//! also serves `GET .../stream` ([`live::resume`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,11 +22,13 @@ use uuid::Uuid;
 use crate::api::{self, ChatParams, ResponseBody};
 use crate::error::ApiError;
 use crate::inference::InferenceRequest;
+use crate::live::{self, Checkpointer};
 use crate::prompt::{self, Role, Turn, DEFAULT_TITLE};
-use crate::relay::{self, Failure, Outcome, Sink, Timing};
+use crate::relay::{self, Ending, Interrupt, Outcome, Sink, Timing};
 use crate::state::AppState;
 use crate::store::{
-    Claim, Conversation, IdempotencyKey, Message, MessageStatus, Replay, StoreError,
+    ChatContext, Claim, Conversation, IdempotencyKey, Message, MessageStatus, Replacing, Replay,
+    SlotGuard, StoreError,
 };
 use crate::time_fmt;
 
@@ -33,11 +38,9 @@ pub enum Persist {
     /// A new turn: the answer goes after the user message, complete or partial.
     Append,
     /// Regenerate: the answer becomes the conversation's last message only if that
-    /// is still `expected_last`; `replaces` (if any) is deleted in the same write.
-    Replace {
-        expected_last: Uuid,
-        replaces: Option<Uuid>,
-    },
+    /// is still the one it was; the answer it replaces (if any) is deleted in the
+    /// same write.
+    Replace(Replacing),
 }
 
 /// What an accepted request turns into.
@@ -54,6 +57,8 @@ struct Job {
     state: Arc<AppState>,
     user: Uuid,
     conversation: Conversation,
+    /// The answer's id, claimed in the conversation's live slot.
+    answer: Uuid,
     /// The user message to store alongside the upstream call (send only).
     user_message: Option<(Message, Option<String>)>,
     request: InferenceRequest,
@@ -61,8 +66,11 @@ struct Job {
     idempotency: Option<IdempotencyKey>,
 }
 
-/// `POST /api/conversations/{id}/messages`
+/// `POST /api/conversations/{id}/messages`, and `GET .../stream` (resume).
 pub async fn send(state: Arc<AppState>, req: Request) -> Result<Response<ResponseBody>, Error> {
+    if api::route_action(&req).is_some_and(|[_, action]| action == "stream") {
+        return live::resume(state, req).await;
+    }
     Ok(respond(&state, &req, prepare_send(&state, &req).await))
 }
 
@@ -107,48 +115,48 @@ async fn prepare_send(state: &Arc<AppState>, req: &Request) -> Result<Prepared, 
     let id = api::conversation_id(id)?;
     let body = api::decode_send(api::body_bytes(req)?)?;
     let key = api::idempotency_key(req.headers())?;
-    let config = &state.config;
 
-    // The history needs the newest `max_history - 1` stored messages besides the
-    // new one; one more is read so regenerate and send share the Query shape.
-    let ctx = state
-        .store
-        .load_chat(user, id, config.max_history + 1)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    let conversation = ctx.conversation;
+    // Made in this order, so the answer sorts after its question.
+    let question = Uuid::now_v7();
+    let answer = Uuid::now_v7();
+    let ctx = load_and_claim(state, user, id, answer).await?;
+    let prepared = async {
+        let conversation = ctx.conversation;
+        let message = Message {
+            id: question,
+            conversation_id: conversation.id,
+            role: Role::User,
+            content: body.content,
+            token_count: None,
+            model_tag: Some(conversation.model_tag.clone()),
+            inference_time_ms: None,
+            created_at: time_fmt::of_id(question),
+            status: MessageStatus::Complete,
+        };
+        let title = (ctx.recent.is_empty() && conversation.title == DEFAULT_TITLE)
+            .then(|| prompt::title_from(&message.content));
 
-    let message = Message {
-        id: Uuid::now_v7(),
-        conversation_id: conversation.id,
-        role: Role::User,
-        content: body.content,
-        token_count: None,
-        model_tag: Some(conversation.model_tag.clone()),
-        inference_time_ms: None,
-        created_at: time_fmt::format(time_fmt::now()),
-        status: MessageStatus::Complete,
-    };
-    let title = (ctx.recent.is_empty() && conversation.title == DEFAULT_TITLE)
-        .then(|| prompt::title_from(&message.content));
-
-    let mut turns: Vec<Turn> = ctx.recent.iter().map(Message::turn).collect();
-    turns.push(message.turn());
-    let fingerprint = || fingerprint("send", id, Some(&message.content), &body.params);
-    let idempotency = match claim(state, user, key, fingerprint).await? {
-        Ok(idempotency) => idempotency,
-        Err(replay) => return Ok(Prepared::Replay(replay)),
-    };
-    let request = upstream_request(state, &turns, &body.params);
-    Ok(Prepared::Stream(Box::new(Job {
-        state: state.clone(),
-        user,
-        conversation,
-        user_message: Some((message, title)),
-        request,
-        persist: Persist::Append,
-        idempotency,
-    })))
+        let mut turns: Vec<Turn> = ctx.recent.iter().map(Message::turn).collect();
+        turns.push(message.turn());
+        let fingerprint = || fingerprint("send", id, Some(&message.content), &body.params);
+        let idempotency = match claim(state, user, key, fingerprint).await? {
+            Ok(idempotency) => idempotency,
+            Err(replay) => return Ok(Prepared::Replay(replay)),
+        };
+        let request = upstream_request(state, &turns, &body.params);
+        Ok(Prepared::Stream(Box::new(Job {
+            state: state.clone(),
+            user,
+            conversation,
+            answer,
+            user_message: Some((message, title)),
+            request,
+            persist: Persist::Append,
+            idempotency,
+        })))
+    }
+    .await;
+    keep_slot_if_streaming(state, id, answer, prepared).await
 }
 
 async fn prepare_regenerate(state: &Arc<AppState>, req: &Request) -> Result<Prepared, ApiError> {
@@ -160,45 +168,101 @@ async fn prepare_regenerate(state: &Arc<AppState>, req: &Request) -> Result<Prep
     let id = api::conversation_id(id)?;
     let params = api::decode_regenerate(api::body_bytes(req)?)?;
     let key = api::idempotency_key(req.headers())?;
-    let ctx = state
-        .store
-        .load_chat(user, id, state.config.max_history + 1)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let answer = Uuid::now_v7();
+    let ctx = load_and_claim(state, user, id, answer).await?;
 
-    let no_user_message =
-        || ApiError::BadRequest("conversation has no user messages to regenerate from".into());
-    let last_user = ctx
-        .recent
-        .iter()
-        .rposition(|m| m.role == Role::User)
-        .ok_or_else(no_user_message)?;
-    let last = ctx.recent.last().ok_or_else(no_user_message)?;
-    let persist = Persist::Replace {
-        expected_last: last.id,
-        // Only the very last message is ever replaced; a conversation ending with
-        // its user message gets the missing answer and loses nothing.
-        replaces: (last.role == Role::Assistant).then_some(last.id),
+    let prepared = async {
+        let no_user_message =
+            || ApiError::BadRequest("conversation has no user messages to regenerate from".into());
+        let last_user = ctx
+            .recent
+            .iter()
+            .rposition(|m| m.role == Role::User)
+            .ok_or_else(no_user_message)?;
+        let last = ctx.recent.last().ok_or_else(no_user_message)?;
+        let persist = Persist::Replace(Replacing {
+            expected_last: last.id,
+            // Only the very last message is ever replaced; a conversation ending
+            // with its user message gets the missing answer and loses nothing.
+            replaces: (last.role == Role::Assistant).then_some(last.id),
+        });
+        let turns: Vec<Turn> = ctx.recent[..=last_user].iter().map(Message::turn).collect();
+        let idempotency = match claim(state, user, key, || {
+            fingerprint("regenerate", id, None, &params)
+        })
+        .await?
+        {
+            Ok(idempotency) => idempotency,
+            Err(replay) => return Ok(Prepared::Replay(replay)),
+        };
+        let request = upstream_request(state, &turns, &params);
+        Ok(Prepared::Stream(Box::new(Job {
+            state: state.clone(),
+            user,
+            conversation: ctx.conversation,
+            answer,
+            user_message: None,
+            request,
+            persist,
+            idempotency,
+        })))
+    }
+    .await;
+    keep_slot_if_streaming(state, id, answer, prepared).await
+}
+
+/// The one DynamoDB round trip before the upstream call: the chat Query and the
+/// claim of the conversation's live slot for `answer`, side by side. When the
+/// claim had to settle a dead answer first, the conversation is read again.
+async fn load_and_claim(
+    state: &AppState,
+    user: Uuid,
+    id: Uuid,
+    answer: Uuid,
+) -> Result<ChatContext, ApiError> {
+    // The history needs the newest `max_history - 1` stored messages besides the
+    // new one; one more is read so regenerate and send share the Query shape.
+    let limit = state.config.max_history + 1;
+    let (ctx, claimed) = tokio::join!(
+        state.store.load_chat(user, id, limit),
+        live::claim(state, user, id, answer)
+    );
+    // A failed claim holds nothing: there is nothing to give back.
+    let settled = claimed?;
+    let ctx = match ctx {
+        Ok(Some(ctx)) if !settled => Ok(ctx),
+        Ok(None) if !settled => Err(ApiError::NotFound),
+        Err(e) if !settled => Err(e.into()),
+        _ => match state.store.load_chat(user, id, limit).await {
+            Ok(Some(ctx)) => Ok(ctx),
+            Ok(None) => Err(ApiError::NotFound),
+            Err(e) => Err(e.into()),
+        },
     };
-    let turns: Vec<Turn> = ctx.recent[..=last_user].iter().map(Message::turn).collect();
-    let idempotency = match claim(state, user, key, || {
-        fingerprint("regenerate", id, None, &params)
-    })
-    .await?
-    {
-        Ok(idempotency) => idempotency,
-        Err(replay) => return Ok(Prepared::Replay(replay)),
-    };
-    let request = upstream_request(state, &turns, &params);
-    Ok(Prepared::Stream(Box::new(Job {
-        state: state.clone(),
-        user,
-        conversation: ctx.conversation,
-        user_message: None,
-        request,
-        persist,
-        idempotency,
-    })))
+    if ctx.is_err() {
+        release(state, id, answer).await;
+    }
+    ctx
+}
+
+/// A request that claimed the live slot but will not stream gives it back, so
+/// a refused request changes nothing.
+async fn keep_slot_if_streaming(
+    state: &AppState,
+    id: Uuid,
+    answer: Uuid,
+    prepared: Result<Prepared, ApiError>,
+) -> Result<Prepared, ApiError> {
+    if !matches!(prepared, Ok(Prepared::Stream(_))) {
+        release(state, id, answer).await;
+    }
+    prepared
+}
+
+async fn release(state: &AppState, id: Uuid, answer: Uuid) {
+    if let Err(e) = state.store.release_slot(id, answer).await {
+        warn!(error = %e, "live slot not released");
+    }
 }
 
 /// A digest of what a request asks for, so a retry can be told from a reuse of
@@ -274,7 +338,7 @@ fn open_stream(job: Job) -> Response<ResponseBody> {
     stream_response(rx)
 }
 
-fn stream_response(rx: mpsc::UnboundedReceiver<bytes::Bytes>) -> Response<ResponseBody> {
+pub(crate) fn stream_response(rx: mpsc::UnboundedReceiver<bytes::Bytes>) -> Response<ResponseBody> {
     let mut resp = Response::new(ResponseBody::Stream(rx));
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
@@ -299,10 +363,7 @@ fn replay_stream(replay: &Replay) -> Response<ResponseBody> {
     {
         Some(Ok(error)) => finish_with_error(&mut sink, error),
         Some(Err(_)) => finish_with_error(&mut sink, json!({ "error": "persist_failed" })),
-        None => match replay.message_id {
-            Some(id) => sink.event(&json!({ "done": true, "message_id": id })),
-            None => sink.event(&json!({ "done": true })),
-        },
+        None => sink.event(&done_event(replay.message_id, replay.stopped)),
     }
     stream_response(rx)
 }
@@ -319,8 +380,10 @@ async fn run(job: Job, mut sink: Sink) {
     info!(
         history_len = job.request.messages.len(),
         model_tag = %job.conversation.model_tag,
+        answer_id = %job.answer,
         "stream opened"
     );
+    let mut live = Checkpointer::new(&job.state, job.conversation.id, job.answer);
 
     // The user message is written while the upstream works; both must be done
     // before the answer is stored. The write waits for the upstream's response
@@ -334,16 +397,24 @@ async fn run(job: Job, mut sink: Sink) {
                 Some((message, title)) => {
                     job.state
                         .store
-                        .append_message(job.user, &job.conversation, message, title.as_deref())
+                        .append_message_with(
+                            job.user,
+                            &job.conversation,
+                            message,
+                            title.as_deref(),
+                            SlotGuard::Holds(job.answer),
+                            None,
+                        )
                         .await
                 }
                 None => Ok(()),
             }
         };
         let upstream = async {
-            let opened = relay::open(&job.state.inference, &job.request, &mut sink, timing).await;
+            let inference = &job.state.inference;
+            let opened = relay::open(inference, &job.request, &mut sink, timing, &mut live).await;
             head_seen.notify_one();
-            relay::stream(opened, &mut sink, timing).await
+            relay::stream(opened, &mut sink, timing, &mut live).await
         };
         tokio::pin!(write, upstream);
         let mut written = None;
@@ -371,43 +442,58 @@ async fn run(job: Job, mut sink: Sink) {
         }
     };
 
-    if let Err(e) = stored_user {
-        warn!(error = %e, "user message not stored");
-        let error = json!({ "error": "persist_failed" });
-        record(&job, Some(&error)).await;
-        finish_with_error(&mut sink, error);
-        return;
-    }
-    let Some(outcome) = outcome else {
-        return;
+    let outcome = match (stored_user, outcome) {
+        (Ok(()), Some(outcome)) => outcome,
+        (result, _) => {
+            if let Err(e) = &result {
+                warn!(error = %e, "user message not stored");
+            }
+            let error = json!({ "error": "persist_failed" });
+            record(&job, Some(&error), false).await;
+            release(&job.state, job.conversation.id, job.answer).await;
+            if matches!(result, Err(StoreError::NotFound)) {
+                // The conversation is gone: nobody can resume it.
+                finish_with_error(&mut sink, error);
+                live.discard().await;
+            } else {
+                end_stream(&mut sink, live, vec![error, json!({ "done": true })]).await;
+            }
+            return;
+        }
     };
-    conclude(&job, outcome, &mut sink).await;
+    conclude(&job, outcome, &mut sink, live).await;
 }
 
-async fn conclude(job: &Job, outcome: Outcome, sink: &mut Sink) {
-    let status = match outcome.failure {
-        None => MessageStatus::Complete,
-        Some(_) => MessageStatus::Incomplete,
-    };
+async fn conclude(job: &Job, outcome: Outcome, sink: &mut Sink, live: Checkpointer) {
     let keep_partial = match job.persist {
         Persist::Append => true,
         // A failed regeneration never touches the answer it was meant to replace.
-        Persist::Replace { replaces, .. } => replaces.is_none(),
+        Persist::Replace(Replacing { replaces, .. }) => replaces.is_none(),
     };
-    let store = outcome.token_count > 0 && (outcome.failure.is_none() || keep_partial);
+    let has_text = outcome.token_count > 0;
+    let (status, store) = match outcome.ending {
+        Ending::Done => (MessageStatus::Complete, has_text),
+        Ending::Failed(_) => (MessageStatus::Incomplete, has_text && keep_partial),
+        // The user saw this text and chose to keep it.
+        Ending::Interrupted(Interrupt::Stop) => (MessageStatus::Stopped, has_text),
+        // Settled by another request, or the conversation is gone.
+        Ending::Interrupted(Interrupt::Lost | Interrupt::Gone) => {
+            (MessageStatus::Incomplete, false)
+        }
+    };
+    let stopped = outcome.ending == Ending::Interrupted(Interrupt::Stop);
 
     let mut stored = None;
     if store {
         let answer = Message {
-            // Made now, after the user message was written, so it sorts after it.
-            id: Uuid::now_v7(),
+            id: job.answer,
             conversation_id: job.conversation.id,
             role: Role::Assistant,
             content: outcome.content.clone(),
             token_count: Some(outcome.token_count),
             model_tag: Some(job.conversation.model_tag.clone()),
             inference_time_ms: Some(outcome.inference_time_ms),
-            created_at: time_fmt::format(time_fmt::now()),
+            created_at: time_fmt::of_id(job.answer),
             status,
         };
         // The idempotency record finishes in the answer's own transaction.
@@ -416,30 +502,32 @@ async fn conclude(job: &Job, outcome: Outcome, sink: &mut Sink) {
                 let replay = Replay {
                     content: answer.content.clone(),
                     message_id: Some(answer.id),
-                    error: outcome.failure.map(|f| f.event().to_string()),
+                    error: match outcome.ending {
+                        Ending::Failed(f) => Some(f.event().to_string()),
+                        _ => None,
+                    },
+                    stopped,
                 };
                 job.state.store.finish_item(key, &replay).ok()
             }
             None => None,
         };
         let store = &job.state.store;
+        let guard = SlotGuard::Ends(job.answer);
         let result = match job.persist {
             Persist::Append => {
                 store
-                    .append_message_with(job.user, &job.conversation, &answer, None, finish)
+                    .append_message_with(job.user, &job.conversation, &answer, None, guard, finish)
                     .await
             }
-            Persist::Replace {
-                expected_last,
-                replaces,
-            } => {
+            Persist::Replace(replacing) => {
                 store
                     .replace_answer(
                         job.user,
                         &job.conversation,
-                        expected_last,
-                        replaces,
+                        replacing,
                         &answer,
+                        guard,
                         finish,
                     )
                     .await
@@ -451,43 +539,92 @@ async fn conclude(job: &Job, outcome: Outcome, sink: &mut Sink) {
     info!(
         token_count = outcome.token_count,
         inference_time_ms = outcome.inference_time_ms,
-        failure = outcome.failure.map(Failure::code),
+        ending = ending_name(outcome.ending),
         stored = matches!(stored, Some(Ok(_))),
         browser_connected = sink.browser_connected(),
         "stream finished"
     );
 
-    let error = match (outcome.failure, &stored) {
-        (Some(failure), stored) => {
+    let error = match (outcome.ending, &stored) {
+        (Ending::Failed(failure), stored) => {
             if let Some(Err(e)) = stored {
                 warn!(error = %e, "partial answer not stored");
             }
             Some(failure.event())
         }
-        (None, Some(Err(StoreError::Conflict))) => Some(json!({ "error": "conflict" })),
-        (None, Some(Err(e))) => {
+        (Ending::Interrupted(Interrupt::Lost), _) => {
+            Some(json!({ "error": "inference_interrupted" }))
+        }
+        (Ending::Interrupted(Interrupt::Gone), _) => Some(json!({ "error": "persist_failed" })),
+        (_, Some(Err(StoreError::Conflict))) => Some(json!({ "error": "conflict" })),
+        (_, Some(Err(e))) => {
             warn!(error = %e, "answer not stored");
             Some(json!({ "error": "persist_failed" }))
         }
-        (None, _) => None,
+        (_, _) => None,
     };
-    match (&stored, error) {
-        (Some(Ok(id)), None) => sink.event(&json!({ "done": true, "message_id": id })),
-        (Some(Ok(_)), Some(error)) => finish_with_error(sink, error),
+    let end = match (&stored, error) {
+        (Some(Ok(id)), None) => vec![done_event(Some(*id), stopped)],
+        (Some(Ok(_)), Some(error)) => vec![error, json!({ "done": true })],
         (_, error) => {
-            // Nothing stored: the record (if any) is finished on its own.
-            record(job, error.as_ref()).await;
+            // Nothing stored: the slot and the record (if any) end on their own.
+            release(&job.state, job.conversation.id, job.answer).await;
+            record(job, error.as_ref(), stopped).await;
             match error {
-                Some(error) => finish_with_error(sink, error),
+                Some(error) => vec![error, json!({ "done": true })],
                 // `done` with no token at all: nothing to store, nothing lost.
-                None => sink.event(&json!({ "done": true })),
+                None => vec![done_event(None, stopped)],
             }
         }
+    };
+    // The conversation was deleted under the answer: nobody can resume it.
+    let gone = outcome.ending == Ending::Interrupted(Interrupt::Gone)
+        || matches!(
+            (job.persist, &stored),
+            (Persist::Append, Some(Err(StoreError::NotFound)))
+        );
+    if gone {
+        for event in &end {
+            sink.event(event);
+        }
+        live.discard().await;
+    } else {
+        end_stream(sink, live, end).await;
     }
 }
 
+fn ending_name(ending: Ending) -> &'static str {
+    match ending {
+        Ending::Done => "done",
+        Ending::Failed(failure) => failure.code(),
+        Ending::Interrupted(Interrupt::Stop) => "stopped",
+        Ending::Interrupted(Interrupt::Lost) => "settled_elsewhere",
+        Ending::Interrupted(Interrupt::Gone) => "conversation_deleted",
+    }
+}
+
+fn done_event(message_id: Option<Uuid>, stopped: bool) -> serde_json::Value {
+    let mut done = json!({ "done": true });
+    if let Some(id) = message_id {
+        done["message_id"] = json!(id);
+    }
+    if stopped {
+        done["stopped"] = json!(true);
+    }
+    done
+}
+
+/// Sends the final events, then writes the last checkpoint for resumed readers
+/// before the stream closes: once it closes, Lambda may freeze the instance.
+async fn end_stream(sink: &mut Sink, live: Checkpointer, end: Vec<serde_json::Value>) {
+    for event in &end {
+        sink.event(event);
+    }
+    live.finish(end).await;
+}
+
 /// Finishes the request's idempotency record when no answer carried it.
-async fn record(job: &Job, error: Option<&serde_json::Value>) {
+async fn record(job: &Job, error: Option<&serde_json::Value>, stopped: bool) {
     let Some(key) = &job.idempotency else {
         return;
     };
@@ -495,6 +632,7 @@ async fn record(job: &Job, error: Option<&serde_json::Value>) {
         content: String::new(),
         message_id: None,
         error: error.map(ToString::to_string),
+        stopped,
     };
     if let Err(e) = job.state.store.finish(key, &replay).await {
         warn!(error = %e, "idempotency record not finished");

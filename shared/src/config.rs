@@ -42,6 +42,13 @@ pub struct Config {
     pub inference_deadline: Duration,
     /// Time allowed to open the upstream connection.
     pub inference_connect_timeout: Duration,
+    /// A live answer's text reaches DynamoDB at most this often; a function that
+    /// dies loses at most this much of it. Also how often a generating function
+    /// looks for a stop request.
+    pub checkpoint_interval: Duration,
+    /// A live answer with no checkpoint for this long is taken for dead (its
+    /// function gone) and settled by the next request that meets it.
+    pub live_stale_after: Duration,
 }
 
 impl Config {
@@ -115,6 +122,21 @@ impl Config {
             return Err(invalid("INFERENCE_CONNECT_TIMEOUT_MS", "must be positive"));
         }
 
+        let checkpoint_ms: u64 = parse_or("CHECKPOINT_INTERVAL_MS", get, 1000)?;
+        if !(50..=60_000).contains(&checkpoint_ms) {
+            return Err(invalid(
+                "CHECKPOINT_INTERVAL_MS",
+                "must be within 50..60000",
+            ));
+        }
+        let stale_ms: u64 = parse_or("LIVE_STALE_AFTER_MS", get, 30_000)?;
+        if stale_ms < 3 * checkpoint_ms || stale_ms > 3_600_000 {
+            return Err(invalid(
+                "LIVE_STALE_AFTER_MS",
+                "must be at least 3 x CHECKPOINT_INTERVAL_MS and at most 3600000",
+            ));
+        }
+
         Ok(Config {
             table_name: required("TABLE_NAME")?,
             inference_url,
@@ -139,6 +161,8 @@ impl Config {
             ping_interval: Duration::from_millis(ping_ms),
             inference_deadline: Duration::from_secs(deadline_s),
             inference_connect_timeout: Duration::from_millis(connect_ms),
+            checkpoint_interval: Duration::from_millis(checkpoint_ms),
+            live_stale_after: Duration::from_millis(stale_ms),
         })
     }
 }
@@ -194,6 +218,8 @@ pub(crate) mod tests {
         assert_eq!(c.max_history, 50);
         assert_eq!(c.max_token_budget, 6000);
         assert_eq!(c.ping_interval, Duration::from_secs(15));
+        assert_eq!(c.checkpoint_interval, Duration::from_secs(1));
+        assert_eq!(c.live_stale_after, Duration::from_secs(30));
     }
 
     #[test]
@@ -217,6 +243,22 @@ pub(crate) mod tests {
                 Some("0"),
                 "MAX_CONVERSATION_HISTORY",
             ),
+            (
+                "CHECKPOINT_INTERVAL_MS",
+                Some("0"),
+                "CHECKPOINT_INTERVAL_MS",
+            ),
+            (
+                "CHECKPOINT_INTERVAL_MS",
+                Some("-5"),
+                "CHECKPOINT_INTERVAL_MS",
+            ),
+            (
+                "CHECKPOINT_INTERVAL_MS",
+                Some("fast"),
+                "CHECKPOINT_INTERVAL_MS",
+            ),
+            ("LIVE_STALE_AFTER_MS", Some("2999"), "LIVE_STALE_AFTER_MS"),
         ];
         for (name, value, expect) in cases {
             let mut env = base();

@@ -1,5 +1,6 @@
 //! The conversation routes the chat screen needs (SPEC section 2): create, list,
-//! read with messages, rename, delete.
+//! read with messages (a live answer shown as `streaming`), rename, delete, and
+//! stop a live answer.
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use uuid::Uuid;
 
 use crate::api;
 use crate::error::ApiError;
+use crate::live;
 use crate::prompt::DEFAULT_TITLE;
 use crate::state::AppState;
 use crate::store::{CursorOr, StoreError};
@@ -33,12 +35,10 @@ pub async fn handle(state: Arc<AppState>, req: Request) -> Result<Response<Body>
                 }
                 let mut resp = api::error_response(&err);
                 if matches!(err, ApiError::MethodNotAllowed) {
-                    let allow = if api::conversation_route(req.uri().path())
-                        .is_some_and(|rest| rest.is_empty())
-                    {
-                        "GET, POST"
-                    } else {
-                        "GET, PUT, DELETE"
+                    let allow = match api::conversation_route(req.uri().path()).as_deref() {
+                        Some([]) => "GET, POST",
+                        Some([_, _]) => "POST",
+                        _ => "GET, PUT, DELETE",
                     };
                     resp.headers_mut()
                         .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
@@ -55,8 +55,10 @@ async fn route(state: &AppState, req: &Request) -> Result<Response<Body>, ApiErr
     let rest = api::conversation_route(req.uri().path()).ok_or(ApiError::RouteNotFound)?;
     let method = req.method().clone();
     match (rest.as_slice(), method) {
-        ([], Method::POST | Method::GET) | ([_], Method::GET | Method::PUT | Method::DELETE) => {}
-        ([] | [_], _) => return Err(ApiError::MethodNotAllowed),
+        ([], Method::POST | Method::GET)
+        | ([_], Method::GET | Method::PUT | Method::DELETE)
+        | ([_, "stop"], Method::POST) => {}
+        ([] | [_] | [_, "stop"], _) => return Err(ApiError::MethodNotAllowed),
         _ => return Err(ApiError::RouteNotFound),
     }
     let user = state.verifier.authenticate(req.headers())?.id;
@@ -66,6 +68,7 @@ async fn route(state: &AppState, req: &Request) -> Result<Response<Body>, ApiErr
         ([id], &Method::GET) => get(state, user, api::conversation_id(id)?).await,
         ([id], &Method::PUT) => rename(state, user, api::conversation_id(id)?, req).await,
         ([id], _) => delete(state, user, api::conversation_id(id)?).await,
+        ([id, _], _) => live::stop(state, user, api::conversation_id(id)?).await,
         _ => Err(ApiError::RouteNotFound),
     }
 }
@@ -119,7 +122,10 @@ async fn get(state: &AppState, user: Uuid, id: Uuid) -> Result<Response<Body>, A
         .get_conversation(user, id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    let messages = state.store.all_messages(id).await?;
+    // Settling a dead answer changes the messages, so it goes first.
+    let streaming = live::with_live_answer(state, &conversation).await?;
+    let mut messages = state.store.all_messages(id).await?;
+    messages.extend(streaming);
     let mut value = serde_json::to_value(&conversation).unwrap_or(Value::Null);
     if let Value::Object(map) = &mut value {
         map.insert(

@@ -3,7 +3,8 @@
 //! Data flows one way: request -> [`auth`] -> [`api`] (route, body) -> [`store`]
 //! (one Query) -> [`prompt`] -> [`inference`] -> [`relay`] (stream to the browser)
 //! -> [`store`] (persist) -> `done`. [`chat`] ties those together for `send` and
-//! `regenerate`; [`conversations`] serves the CRUD routes.
+//! `regenerate`; [`conversations`] serves the CRUD routes; [`live`] keeps an
+//! answer in DynamoDB while it streams (stop, resume, settling dead answers).
 
 pub mod api;
 pub mod auth;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod conversations;
 pub mod error;
 pub mod inference;
+pub mod live;
 pub mod prompt;
 pub mod relay;
 pub mod runtime;

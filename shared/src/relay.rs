@@ -4,7 +4,9 @@
 //! `: ping` comment after every `ping` of silence on its side, whether the
 //! upstream is slow to answer at all or slow between tokens. A deadline bounds
 //! the whole exchange so a stream that never ends still leaves time to store
-//! what arrived.
+//! what arrived. A [`Watch`] sees the text as it arrives and can cut the
+//! exchange short (a stop request): the upstream response is dropped, which
+//! closes its connection, so the model stops generating.
 
 use std::future::Future;
 use std::time::Duration;
@@ -53,6 +55,11 @@ impl Sink {
         self.data(&value.to_string());
     }
 
+    /// When the browser last got anything (an event or a ping).
+    pub fn last_sent(&self) -> Instant {
+        self.last_sent
+    }
+
     pub fn browser_connected(&self) -> bool {
         !self.tx.is_closed()
     }
@@ -85,13 +92,67 @@ impl Failure {
     }
 }
 
+/// Why an exchange was cut short from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interrupt {
+    /// A stop request for this answer.
+    Stop,
+    /// The answer is no longer this function's to store (settled by another request).
+    Lost,
+    /// The conversation was deleted.
+    Gone,
+}
+
+/// How an exchange ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The upstream sent its `done`.
+    Done,
+    Failed(Failure),
+    Interrupted(Interrupt),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
     pub content: String,
     pub token_count: u64,
     pub inference_time_ms: u64,
-    /// `None` when the upstream sent its `done`.
-    pub failure: Option<Failure>,
+    pub ending: Ending,
+}
+
+/// Sees an exchange's text as it arrives, and may cut it short.
+pub trait Watch: Send {
+    /// Text of one token event; `tokens` counts the token events so far.
+    fn text(&mut self, text: &str, tokens: u64);
+    /// Resolves when the exchange must end now. Polled alongside every wait and
+    /// dropped when something else happens first, so it must be cancel-safe.
+    fn interrupted(&mut self) -> impl Future<Output = Interrupt> + Send;
+}
+
+/// A [`Watch`] that never interrupts: a plain relay.
+pub struct Unwatched;
+
+impl Watch for Unwatched {
+    fn text(&mut self, _: &str, _: u64) {}
+
+    fn interrupted(&mut self) -> impl Future<Output = Interrupt> + Send {
+        std::future::pending()
+    }
+}
+
+/// Why a wait ended without its result.
+enum Cut {
+    Deadline,
+    Interrupt(Interrupt),
+}
+
+impl Cut {
+    fn ending(self, at_deadline: Failure) -> Ending {
+        match self {
+            Cut::Deadline => Ending::Failed(at_deadline),
+            Cut::Interrupt(i) => Ending::Interrupted(i),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -103,7 +164,7 @@ pub struct Timing {
 /// The upstream's answer to the request: its response head, or why there is none.
 pub struct Opened {
     started: Instant,
-    head: Result<reqwest::Response, Failure>,
+    head: Result<reqwest::Response, Ending>,
 }
 
 /// Sends the request and waits for the response head, pinging the browser
@@ -113,28 +174,35 @@ pub async fn open(
     request: &InferenceRequest,
     sink: &mut Sink,
     timing: Timing,
+    watch: &mut impl Watch,
 ) -> Opened {
     let started = Instant::now();
-    let head = match with_pings(client.start(request), sink, timing).await {
-        None | Some(Err(StartError::Unavailable)) => Err(Failure::Unavailable),
-        Some(Err(StartError::Status(code))) => Err(Failure::Status(code)),
-        Some(Ok(response)) => Ok(response),
+    let head = match with_pings(client.start(request), sink, timing, watch).await {
+        Err(cut) => Err(cut.ending(Failure::Unavailable)),
+        Ok(Err(StartError::Unavailable)) => Err(Ending::Failed(Failure::Unavailable)),
+        Ok(Err(StartError::Status(code))) => Err(Ending::Failed(Failure::Status(code))),
+        Ok(Ok(response)) => Ok(response),
     };
     Opened { started, head }
 }
 
-/// Forwards the opened exchange's events to `sink` until its `done`, its end or
-/// the deadline.
-pub async fn stream(opened: Opened, sink: &mut Sink, timing: Timing) -> Outcome {
+/// Forwards the opened exchange's events to `sink` until its `done`, its end,
+/// the deadline or an interrupt.
+pub async fn stream(
+    opened: Opened,
+    sink: &mut Sink,
+    timing: Timing,
+    watch: &mut impl Watch,
+) -> Outcome {
     let mut outcome = Outcome {
         content: String::new(),
         token_count: 0,
         inference_time_ms: 0,
-        failure: None,
+        ending: Ending::Done,
     };
-    outcome.failure = match opened.head {
-        Err(failure) => Some(failure),
-        Ok(response) => read_stream(response, sink, timing, &mut outcome).await,
+    outcome.ending = match opened.head {
+        Err(ending) => ending,
+        Ok(response) => read_stream(response, sink, timing, watch, &mut outcome).await,
     };
     outcome.inference_time_ms =
         u64::try_from(opened.started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -145,18 +213,21 @@ async fn read_stream(
     mut response: reqwest::Response,
     sink: &mut Sink,
     timing: Timing,
+    watch: &mut impl Watch,
     outcome: &mut Outcome,
-) -> Option<Failure> {
+) -> Ending {
     let mut reader = SseReader::new();
     let mut events = Vec::with_capacity(8);
     loop {
-        let finished = match with_pings(response.chunk(), sink, timing).await {
-            None | Some(Err(_)) => return Some(Failure::Interrupted),
-            Some(Ok(Some(bytes))) => {
+        // An interrupt drops `response` on return: its connection closes.
+        let finished = match with_pings(response.chunk(), sink, timing, watch).await {
+            Err(cut) => return cut.ending(Failure::Interrupted),
+            Ok(Err(_)) => return Ending::Failed(Failure::Interrupted),
+            Ok(Ok(Some(bytes))) => {
                 reader.feed(&bytes, &mut events);
                 false
             }
-            Some(Ok(None)) => {
+            Ok(Ok(None)) => {
                 reader.finish(&mut events);
                 true
             }
@@ -167,16 +238,17 @@ async fn read_stream(
                     outcome.content.push_str(&text);
                     outcome.token_count += 1;
                     sink.data(&json);
+                    watch.text(&text, outcome.token_count);
                 }
                 Event::Other { json } => sink.data(&json),
                 Event::Done => {
                     release(response);
-                    return None;
+                    return Ending::Done;
                 }
             }
         }
         if finished {
-            return Some(Failure::Interrupted);
+            return Ending::Failed(Failure::Interrupted);
         }
     }
 }
@@ -205,17 +277,23 @@ fn release(mut response: reqwest::Response) {
 }
 
 /// Awaits `fut`, sending a ping whenever the browser has heard nothing for
-/// `timing.ping`; `None` when the deadline passes first.
-async fn with_pings<F: Future>(fut: F, sink: &mut Sink, timing: Timing) -> Option<F::Output> {
+/// `timing.ping`, until the deadline or an interrupt from `watch`.
+async fn with_pings<F: Future>(
+    fut: F,
+    sink: &mut Sink,
+    timing: Timing,
+    watch: &mut impl Watch,
+) -> Result<F::Output, Cut> {
     tokio::pin!(fut);
     loop {
         let wake = (sink.last_sent + timing.ping).min(timing.deadline);
         tokio::select! {
             biased;
-            out = &mut fut => return Some(out),
+            out = &mut fut => return Ok(out),
+            interrupt = watch.interrupted() => return Err(Cut::Interrupt(interrupt)),
             () = tokio::time::sleep_until(wake) => {
                 if Instant::now() >= timing.deadline {
-                    return None;
+                    return Err(Cut::Deadline);
                 }
                 sink.send(Bytes::from_static(PING));
             }

@@ -12,6 +12,25 @@ pub fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
 
+/// Milliseconds since the Unix epoch, as live answers record their checkpoints.
+pub fn now_ms() -> u64 {
+    u64::try_from(now().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+}
+
+/// The creation time a message id (UUIDv7) carries: a message's `created_at` is
+/// read from its id, so list order (by id) and `created_at` always agree.
+pub fn of_id(id: uuid::Uuid) -> String {
+    let at = id
+        .get_timestamp()
+        .map(|ts| {
+            let (secs, nanos) = ts.to_unix();
+            i128::from(secs) * 1_000_000_000 + i128::from(nanos)
+        })
+        .and_then(|n| OffsetDateTime::from_unix_timestamp_nanos(n).ok())
+        .unwrap_or_else(now);
+    format(at)
+}
+
 pub fn format(t: OffsetDateTime) -> String {
     let utc = t.to_offset(time::UtcOffset::UTC);
     // Every UTC datetime of years 0..=9999 is representable in this format.
@@ -44,6 +63,18 @@ mod tests {
         let s = format(t);
         assert_eq!(s, "2026-01-02T03:04:05.000007Z");
         assert_eq!(parse(&s), Some(t));
+    }
+
+    #[test]
+    fn id_times_follow_id_order() {
+        let mut ids: Vec<uuid::Uuid> = (0..2000).map(|_| uuid::Uuid::now_v7()).collect();
+        let times: Vec<String> = ids.iter().map(|id| of_id(*id)).collect();
+        ids.sort();
+        let sorted: Vec<String> = ids.iter().map(|id| of_id(*id)).collect();
+        assert_eq!(times, sorted);
+        assert!(times.windows(2).all(|w| w[0] <= w[1]));
+        let first = parse(&times[0]).expect("parses");
+        assert!((now() - first).whole_seconds().abs() < 5);
     }
 
     #[test]

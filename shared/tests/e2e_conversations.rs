@@ -309,7 +309,7 @@ async fn delete_removes_every_item_of_a_long_conversation() {
     )
     .await;
     assert_eq!(status, 204);
-    assert_eq!(stack.items(id).await.len(), 0);
+    assert_eq!(stack.all_items(id).await.len(), 0);
 }
 
 #[tokio::test]
@@ -338,7 +338,7 @@ async fn a_send_to_a_deleted_conversation_stores_nothing() {
     assert!(stream.error().is_some(), "{:?}", stream.events);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(
-        stack.items(id).await.len(),
+        stack.all_items(id).await.len(),
         0,
         "no half conversation was resurrected"
     );

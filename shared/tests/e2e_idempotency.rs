@@ -77,11 +77,14 @@ async fn a_retry_while_running_is_409_and_a_different_body_is_422() {
     let during = async {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         let running = post(&stack, &user, "send", id, &key, body.clone()).await;
+        // The key reused for another request (here: another conversation, so
+        // the first one's live answer does not answer 409 first).
+        let elsewhere = stack.create_conversation(&user).await;
         let other = post(
             &stack,
             &user,
             "send",
-            id,
+            elsewhere,
             &key,
             json!({"content": format!("other {m}")}),
         )

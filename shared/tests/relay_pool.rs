@@ -9,7 +9,7 @@ use std::time::Duration;
 use samosachaat::config::Config;
 use samosachaat::inference::{InferenceClient, InferenceRequest};
 use samosachaat::prompt::{Role, Turn};
-use samosachaat::relay::{open, stream, Sink, Timing};
+use samosachaat::relay::{open, stream, Ending, Sink, Timing, Unwatched};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -110,9 +110,9 @@ async fn consecutive_sends_share_one_upstream_connection() {
             ping: Duration::from_secs(30),
             deadline: tokio::time::Instant::now() + Duration::from_secs(30),
         };
-        let opened = open(&client, &request, &mut sink, timing).await;
-        let outcome = stream(opened, &mut sink, timing).await;
-        assert_eq!(outcome.failure, None, "turn {turn}");
+        let opened = open(&client, &request, &mut sink, timing, &mut Unwatched).await;
+        let outcome = stream(opened, &mut sink, timing, &mut Unwatched).await;
+        assert_eq!(outcome.ending, Ending::Done, "turn {turn}");
         assert_eq!(outcome.content, "namaste");
         drop(sink);
         let mut browser = Vec::new();

@@ -11,7 +11,9 @@ use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_dynamodb::error::BoxError;
 use common::Stack;
 use samosachaat::prompt::{Role, DEFAULT_TITLE};
-use samosachaat::store::{Conversation, Message, MessageStatus, Store, StoreError};
+use samosachaat::store::{
+    Conversation, Message, MessageStatus, Replacing, SlotGuard, Store, StoreError,
+};
 use uuid::Uuid;
 
 #[derive(Debug, Default, Clone)]
@@ -194,7 +196,14 @@ async fn a_replacement_needs_the_expected_last_message() {
 
     let stale = message(&conversation, Role::Assistant, "stale");
     let result = store
-        .replace_answer(user, &conversation, q.id, Some(q.id), &stale, None)
+        .replace_answer(
+            user,
+            &conversation,
+            replacing(q.id),
+            &stale,
+            SlotGuard::Free,
+            None,
+        )
         .await;
     assert!(matches!(result, Err(StoreError::Conflict)), "{result:?}");
     assert_eq!(
@@ -205,7 +214,14 @@ async fn a_replacement_needs_the_expected_last_message() {
 
     let new = message(&conversation, Role::Assistant, "new");
     store
-        .replace_answer(user, &conversation, a.id, Some(a.id), &new, None)
+        .replace_answer(
+            user,
+            &conversation,
+            replacing(a.id),
+            &new,
+            SlotGuard::Free,
+            None,
+        )
         .await
         .expect("replace");
     let contents: Vec<String> = store
@@ -221,9 +237,9 @@ async fn a_replacement_needs_the_expected_last_message() {
         .replace_answer(
             user,
             &conversation,
-            a.id,
-            Some(a.id),
+            replacing(a.id),
             &message(&conversation, Role::Assistant, "x"),
+            SlotGuard::Free,
             None,
         )
         .await;
@@ -254,4 +270,11 @@ async fn concurrent_appends_all_land() {
             .len(),
         12
     );
+}
+
+fn replacing(last: Uuid) -> Replacing {
+    Replacing {
+        expected_last: last,
+        replaces: Some(last),
+    }
 }

@@ -407,7 +407,24 @@ fn functions_are_built_and_exposed_as_the_spec_says() {
         );
 
         let events = f["Properties"]["Events"].as_object().expect("API events");
-        assert!(!events.is_empty(), "{id}: reachable through the API");
+        let mut paths: Vec<&str> = events
+            .values()
+            .map(|e| e["Properties"]["Path"].as_str().expect("Path"))
+            .collect();
+        paths.sort_unstable();
+        let routes: &[&str] = match binary {
+            "send" => &[
+                "/api/conversations/{id}/messages",
+                "/api/conversations/{id}/stream",
+            ],
+            "regenerate" => &["/api/conversations/{id}/regenerate"],
+            _ => &[
+                "/api/conversations",
+                "/api/conversations/{id}",
+                "/api/conversations/{id}/stop",
+            ],
+        };
+        assert_eq!(paths, routes, "{id}: the routes its handler serves");
         for (name, event) in events {
             assert_eq!(event["Type"], "Api", "{id}.{name}");
             let path = event["Properties"]["Path"].as_str().expect("Path");
@@ -492,6 +509,8 @@ fn every_function_gets_a_valid_configuration() {
             "MAX_TOKEN_BUDGET",
             "ALLOWED_ORIGINS",
             "INFERENCE_DEADLINE_SECS",
+            "CHECKPOINT_INTERVAL_MS",
+            "LIVE_STALE_AFTER_MS",
         ] {
             assert!(values.contains_key(var), "{id}: {var} is set explicitly");
         }
@@ -502,6 +521,8 @@ fn every_function_gets_a_valid_configuration() {
             ["https://chat.example", "http://localhost:3000"]
         );
         assert_eq!(config.inference_deadline.as_secs(), 270, "{id}");
+        assert_eq!(config.checkpoint_interval.as_millis(), 1000, "{id}");
+        assert_eq!(config.live_stale_after.as_millis(), 30_000, "{id}");
     }
 }
 

@@ -236,8 +236,29 @@ impl Stack {
             .message_id()
     }
 
-    /// Every item of the conversation's partition, read directly from the table.
+    /// The conversation's items, read directly from the table, as a reader of the
+    /// chat sees them: the
+    /// conversation and its messages, without live answers' checkpoint items
+    /// (`L#...`, which expire by TTL; see [`Stack::checkpoints`]).
     pub async fn items(&self, id: Uuid) -> Vec<Item> {
+        self.all_items(id)
+            .await
+            .into_iter()
+            .filter(|i| !s(i, "sk").starts_with("L#"))
+            .collect()
+    }
+
+    /// The checkpoint items of the conversation's live answers, in key order.
+    pub async fn checkpoints(&self, id: Uuid) -> Vec<Item> {
+        self.all_items(id)
+            .await
+            .into_iter()
+            .filter(|i| s(i, "sk").starts_with("L#"))
+            .collect()
+    }
+
+    /// Every item of the conversation's partition, read directly from the table.
+    pub async fn all_items(&self, id: Uuid) -> Vec<Item> {
         let mut items = Vec::new();
         let mut start = None;
         loop {

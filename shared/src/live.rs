@@ -1,0 +1,550 @@
+//! Live answers (SPEC sections 2, 3 and 6): an answer lives in DynamoDB while it
+//! streams, so it can be stopped from any client, resumed after a reload, and
+//! settled when its function dies. DynamoDB is the only shared state: functions
+//! learn of a stop by reading the conversation item, and resumed readers follow
+//! the checkpoints (`store::live` has the records).
+//!
+//! - [`Checkpointer`] runs beside the relay of a generating function: every
+//!   `CHECKPOINT_INTERVAL_MS` it writes the text since its last checkpoint (or,
+//!   after a quarter of `LIVE_STALE_AFTER_MS` without text, an empty heartbeat)
+//!   and reads the conversation item for a stop, both at once.
+//! - [`assess`] tells a live answer from a dead one: dead when nothing was
+//!   checkpointed for `LIVE_STALE_AFTER_MS`, or past its deadline. [`settle`]
+//!   stores a dead answer's checkpointed text `incomplete`.
+//! - [`resume`] and [`stop`] serve the two routes.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW};
+use http::{Method, Response, StatusCode};
+use lambda_http::{Error, Request};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use tracing::{info, warn, Instrument};
+use uuid::Uuid;
+
+use crate::api::{self, ResponseBody};
+use crate::chat::stream_response;
+use crate::error::ApiError;
+use crate::relay::{Interrupt, Sink, Watch};
+use crate::state::AppState;
+use crate::store::{
+    Checkpoint, Conversation, LiveSlot, MessageStatus, SlotClaim, SlotState, Store, StoreError,
+};
+use crate::time_fmt;
+
+/// What a live slot's records say about its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// Its function is checkpointing.
+    Live,
+    /// Its function is gone: nothing checkpointed for the stale time, or past
+    /// the deadline.
+    Dead,
+    /// It ended (its last checkpoint is written); only the slot's release is
+    /// missing or on its way.
+    Ended,
+}
+
+/// Tells a live answer from a dead or ended one (one Query of its newest
+/// checkpoint, strongly consistent).
+pub async fn assess(
+    state: &AppState,
+    conversation: Uuid,
+    slot: &LiveSlot,
+) -> Result<Liveness, StoreError> {
+    let newest = state.store.newest_checkpoint(conversation, slot.id).await?;
+    if newest.as_ref().is_some_and(|c| c.end.is_some()) {
+        return Ok(Liveness::Ended);
+    }
+    let beat = newest.map_or(slot.since_ms, |c| c.at_ms.max(slot.since_ms));
+    let now = time_fmt::now_ms();
+    let stale = u64::try_from(state.config.live_stale_after.as_millis()).unwrap_or(u64::MAX);
+    if now > slot.deadline_ms || now.saturating_sub(beat) > stale {
+        Ok(Liveness::Dead)
+    } else {
+        Ok(Liveness::Live)
+    }
+}
+
+/// Settles the conversation's live answer if it is dead or ended; `true` when
+/// the slot is free afterwards (as far as this request knows).
+pub async fn settle(
+    state: &AppState,
+    conversation: &Conversation,
+    slot: &LiveSlot,
+) -> Result<bool, StoreError> {
+    match assess(state, conversation.id, slot).await? {
+        Liveness::Live => Ok(false),
+        liveness => {
+            let settled = state.store.settle(conversation, slot).await?;
+            if settled && liveness == Liveness::Dead {
+                warn!(conversation_id = %conversation.id, answer_id = %slot.id,
+                      "live answer of a dead function settled");
+            }
+            Ok(true)
+        }
+    }
+}
+
+/// Claims the conversation's live slot for a new answer. A dead answer holding
+/// it is settled first; `Ok(true)` then, since the conversation changed and the
+/// caller's view of it must be read again.
+pub async fn claim(
+    state: &AppState,
+    user: Uuid,
+    conversation: Uuid,
+    answer: Uuid,
+) -> Result<bool, ApiError> {
+    let deadline = state.config.inference_deadline + state.config.live_stale_after;
+    let deadline_ms = time_fmt::now_ms() + u64::try_from(deadline.as_millis()).unwrap_or(0);
+    let mut settled = false;
+    for _ in 0..3 {
+        match state
+            .store
+            .claim_slot(user, conversation, answer, deadline_ms)
+            .await?
+        {
+            SlotClaim::Claimed => return Ok(settled),
+            SlotClaim::Missing => return Err(ApiError::NotFound),
+            SlotClaim::Busy(c) => {
+                if let Some(slot) = &c.live {
+                    if !settle(state, &c, slot).await? {
+                        return Err(ApiError::Conflict(
+                            "an answer is still being generated in this conversation; \
+                             stop it or wait for it to finish"
+                                .into(),
+                        ));
+                    }
+                    settled = true;
+                }
+            }
+        }
+    }
+    Err(ApiError::Conflict(
+        "the conversation is busy, retry shortly".into(),
+    ))
+}
+
+/// `POST /api/conversations/{id}/stop`: 202 with the live answer's id, or 204
+/// when nothing is live.
+pub async fn stop<B: From<String>>(
+    state: &AppState,
+    user: Uuid,
+    id: Uuid,
+) -> Result<Response<B>, ApiError> {
+    let conversation = state
+        .store
+        .get_conversation(user, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let Some(slot) = &conversation.live else {
+        return Ok(api::empty_response(StatusCode::NO_CONTENT));
+    };
+    if settle(state, &conversation, slot).await? {
+        return Ok(api::empty_response(StatusCode::NO_CONTENT));
+    }
+    if !state.store.request_stop(user, id, slot.id).await? {
+        return Ok(api::empty_response(StatusCode::NO_CONTENT));
+    }
+    info!(conversation_id = %id, user_id = %user, answer_id = %slot.id, "stop requested");
+    Ok(api::json_response(
+        StatusCode::ACCEPTED,
+        &json!({ "message_id": slot.id }),
+    ))
+}
+
+/// The conversation's messages as a reader should see them: a live answer is
+/// shown as a `streaming` message with its checkpointed text; a dead one is
+/// settled first.
+pub async fn with_live_answer(
+    state: &AppState,
+    conversation: &Conversation,
+) -> Result<Option<crate::store::Message>, StoreError> {
+    let Some(slot) = &conversation.live else {
+        return Ok(None);
+    };
+    if settle(state, conversation, slot).await? {
+        return Ok(None);
+    }
+    let checkpoints = state
+        .store
+        .checkpoints(conversation.id, slot.id, None, true)
+        .await?;
+    Ok(Some(crate::store::Message {
+        id: slot.id,
+        conversation_id: conversation.id,
+        role: crate::prompt::Role::Assistant,
+        content: checkpoints.iter().map(|c| c.text.as_str()).collect(),
+        token_count: checkpoints.last().map(|c| c.tokens),
+        model_tag: Some(conversation.model_tag.clone()),
+        inference_time_ms: None,
+        created_at: time_fmt::of_id(slot.id),
+        status: MessageStatus::Streaming,
+    }))
+}
+
+/// `GET /api/conversations/{id}/stream` (served by the `send` function).
+pub async fn resume(state: Arc<AppState>, req: Request) -> Result<Response<ResponseBody>, Error> {
+    let mut resp = match open_resume(&state, &req).await {
+        Ok(resp) => resp,
+        Err(err) => {
+            if let ApiError::Store(e) = &err {
+                warn!(error = %e, "store failure before the resumed stream opened");
+            }
+            let mut resp = api::error_response(&err);
+            if matches!(err, ApiError::MethodNotAllowed) {
+                resp.headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static("GET"));
+            }
+            resp
+        }
+    };
+    api::apply_cors(&state.config, req.headers(), &mut resp);
+    Ok(resp)
+}
+
+async fn open_resume(
+    state: &Arc<AppState>,
+    req: &Request,
+) -> Result<Response<ResponseBody>, ApiError> {
+    if req.method() == Method::OPTIONS {
+        return Ok(api::preflight(&state.config, req));
+    }
+    let id = api::action_route(req, "stream", &Method::GET)?;
+    let user = state.verifier.authenticate(req.headers())?.id;
+    let id = api::conversation_id(id)?;
+    let conversation = state
+        .store
+        .get_conversation(user, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let Some(slot) = conversation.live.clone() else {
+        return Ok(api::empty_response(StatusCode::NO_CONTENT));
+    };
+    if settle(state, &conversation, &slot).await? {
+        return Ok(api::empty_response(StatusCode::NO_CONTENT));
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let span =
+        tracing::info_span!("resume", conversation_id = %id, user_id = %user, answer_id = %slot.id);
+    tokio::spawn(follow(state.clone(), conversation, slot, Sink::new(tx)).instrument(span));
+    Ok(stream_response(rx))
+}
+
+/// Streams a live answer to one resumed reader: its text so far, then each new
+/// checkpoint, then the events its stream ended with.
+async fn follow(state: Arc<AppState>, conversation: Conversation, slot: LiveSlot, mut sink: Sink) {
+    let config = &state.config;
+    let poll = (config.checkpoint_interval / 2).max(Duration::from_millis(25));
+    let stale = u64::try_from(config.live_stale_after.as_millis()).unwrap_or(u64::MAX);
+    let mut reader = Reader {
+        last_seq: None,
+        delivered: 0,
+        beat_ms: slot.since_ms,
+    };
+    let mut consistent = true;
+    loop {
+        let checkpoints = match state
+            .store
+            .checkpoints(conversation.id, slot.id, reader.last_seq, consistent)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "checkpoints not read");
+                Vec::new()
+            }
+        };
+        consistent = false;
+        if reader.deliver(&checkpoints, &mut sink) {
+            return;
+        }
+        let now = time_fmt::now_ms();
+        if now > slot.deadline_ms || now.saturating_sub(reader.beat_ms) > stale {
+            reader
+                .conclude(&state, &conversation, &slot, &mut sink)
+                .await;
+            return;
+        }
+        let next = Instant::now() + poll;
+        while Instant::now() < next {
+            let ping_at = sink.last_sent() + config.ping_interval;
+            tokio::time::sleep_until(next.min(ping_at)).await;
+            if Instant::now() >= ping_at {
+                sink.send(Bytes::from_static(b": ping\n\n"));
+            }
+        }
+        if !sink.browser_connected() {
+            return;
+        }
+    }
+}
+
+struct Reader {
+    last_seq: Option<u32>,
+    /// Bytes of text delivered so far.
+    delivered: usize,
+    beat_ms: u64,
+}
+
+impl Reader {
+    /// Sends the checkpoints' text and, if one ends the answer, its final
+    /// events; `true` when the answer ended.
+    fn deliver(&mut self, checkpoints: &[Checkpoint], sink: &mut Sink) -> bool {
+        for c in checkpoints {
+            self.last_seq = Some(c.seq);
+            self.beat_ms = self.beat_ms.max(c.at_ms);
+            if !c.text.is_empty() {
+                self.delivered += c.text.len();
+                sink.event(&json!({ "token": c.text }));
+            }
+            if let Some(end) = &c.end {
+                for event in end {
+                    sink.event(event);
+                }
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The answer went quiet: settle it if its function is dead, or, if it was
+    /// stored without its last checkpoint (its function died between the two
+    /// writes), finish from the stored message.
+    async fn conclude(
+        &mut self,
+        state: &AppState,
+        conversation: &Conversation,
+        slot: &LiveSlot,
+        sink: &mut Sink,
+    ) {
+        let interrupted = |sink: &mut Sink| {
+            sink.event(&json!({ "error": "inference_interrupted" }));
+            sink.event(&json!({ "done": true }));
+        };
+        let current = match state
+            .store
+            .get_conversation(conversation.user_id, conversation.id)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "conversation not read");
+                return interrupted(sink);
+            }
+        };
+        if let Some(current) = current.filter(|c| c.live.as_ref().map(|s| s.id) == Some(slot.id)) {
+            if let Err(e) = state.store.settle(&current, slot).await {
+                warn!(error = %e, "dead live answer not settled");
+                return interrupted(sink);
+            }
+            // The settle wrote the last checkpoint; read it like any other.
+            match state
+                .store
+                .checkpoints(conversation.id, slot.id, self.last_seq, true)
+                .await
+            {
+                Ok(c) if self.deliver(&c, sink) => return,
+                _ => return interrupted(sink),
+            }
+        }
+        match state.store.get_message(conversation.id, slot.id).await {
+            Ok(Some(message)) => {
+                if let Some(rest) = message.content.get(self.delivered..) {
+                    if !rest.is_empty() {
+                        sink.event(&json!({ "token": rest }));
+                    }
+                }
+                match message.status {
+                    MessageStatus::Complete => {
+                        sink.event(&json!({ "done": true, "message_id": message.id }))
+                    }
+                    MessageStatus::Stopped => sink
+                        .event(&json!({ "done": true, "message_id": message.id, "stopped": true })),
+                    _ => {
+                        sink.event(&json!({ "error": "inference_interrupted" }));
+                        sink.event(&json!({ "done": true }));
+                    }
+                }
+            }
+            _ => interrupted(sink),
+        }
+    }
+}
+
+type Tick = Pin<Box<dyn Future<Output = TickResult> + Send>>;
+
+struct TickResult {
+    /// Bytes of text the checkpoint covered, when one was written.
+    written: Option<Result<usize, StoreError>>,
+    state: Result<SlotState, StoreError>,
+}
+
+/// The generating side: checkpoints the answer's text and watches for a stop.
+pub struct Checkpointer {
+    store: Store,
+    conversation: Uuid,
+    answer: Uuid,
+    interval: Duration,
+    heartbeat: Duration,
+    text: String,
+    tokens: u64,
+    /// Bytes of `text` already in checkpoints.
+    flushed: usize,
+    seq: u32,
+    last_write: Instant,
+    next_tick: Instant,
+    in_flight: Option<Tick>,
+    interrupt: Option<Interrupt>,
+}
+
+impl Checkpointer {
+    pub fn new(state: &AppState, conversation: Uuid, answer: Uuid) -> Self {
+        let interval = state.config.checkpoint_interval;
+        let now = Instant::now();
+        Self {
+            store: state.store.clone(),
+            conversation,
+            answer,
+            interval,
+            heartbeat: (state.config.live_stale_after / 4).max(interval),
+            text: String::new(),
+            tokens: 0,
+            flushed: 0,
+            seq: 0,
+            // The slot's claim is the first sign of life.
+            last_write: now,
+            next_tick: now + interval,
+            in_flight: None,
+            interrupt: None,
+        }
+    }
+
+    fn start_tick(&mut self) {
+        let now = Instant::now();
+        self.next_tick = now + self.interval;
+        let pending = &self.text[self.flushed..];
+        let write =
+            (!pending.is_empty() || now >= self.last_write + self.heartbeat).then(|| Checkpoint {
+                seq: self.seq,
+                text: pending.to_owned(),
+                tokens: self.tokens,
+                at_ms: time_fmt::now_ms(),
+                end: None,
+            });
+        let (store, conversation, answer) = (self.store.clone(), self.conversation, self.answer);
+        self.in_flight = Some(Box::pin(async move {
+            let put = async {
+                match &write {
+                    Some(c) => Some(
+                        store
+                            .put_checkpoint(conversation, answer, c)
+                            .await
+                            .map(|()| c.text.len()),
+                    ),
+                    None => None,
+                }
+            };
+            let (written, state) = tokio::join!(put, store.slot_state(conversation, answer));
+            TickResult { written, state }
+        }));
+    }
+
+    fn apply(&mut self, result: TickResult) {
+        match result.written {
+            Some(Ok(len)) => {
+                self.flushed += len;
+                self.seq += 1;
+                self.last_write = Instant::now();
+            }
+            // Kept: the next checkpoint carries this text under the same seq.
+            Some(Err(e)) => warn!(error = %e, "checkpoint not written"),
+            None => {}
+        }
+        match result.state {
+            Ok(SlotState::Live {
+                stop_requested: true,
+            }) => self.interrupt = Some(Interrupt::Stop),
+            Ok(SlotState::Live { .. }) => {}
+            Ok(SlotState::Lost) => self.interrupt = Some(Interrupt::Lost),
+            Ok(SlotState::Gone) => self.interrupt = Some(Interrupt::Gone),
+            Err(e) => warn!(error = %e, "live slot not read"),
+        }
+    }
+
+    /// Writes the last checkpoint: the text not yet checkpointed and the events
+    /// the stream ends with, for resumed readers. Called after the answer is
+    /// stored (or known not to be).
+    pub async fn finish(mut self, end: Vec<Value>) {
+        if let Some(tick) = self.in_flight.take() {
+            let result = tick.await;
+            self.apply(result);
+        }
+        let last = Checkpoint {
+            seq: self.seq,
+            text: self.text[self.flushed..].to_owned(),
+            tokens: self.tokens,
+            at_ms: time_fmt::now_ms(),
+            end: Some(end),
+        };
+        if let Err(e) = self
+            .store
+            .put_checkpoint(self.conversation, self.answer, &last)
+            .await
+        {
+            warn!(error = %e, "last checkpoint not written");
+        }
+    }
+}
+
+impl Checkpointer {
+    /// The conversation was deleted while the answer streamed: removes the
+    /// checkpoints written before this function noticed, so none of the
+    /// conversation's text outlives the delete.
+    pub async fn discard(mut self) {
+        if let Some(tick) = self.in_flight.take() {
+            let result = tick.await;
+            self.apply(result);
+        }
+        // One more than acknowledged: a write whose response was lost may have landed.
+        let written = self.seq + 1;
+        if let Err(e) = self
+            .store
+            .delete_checkpoints(self.conversation, self.answer, written)
+            .await
+        {
+            warn!(error = %e, "checkpoints of a deleted conversation not removed");
+        }
+    }
+}
+
+impl Watch for Checkpointer {
+    fn text(&mut self, text: &str, tokens: u64) {
+        self.text.push_str(text);
+        self.tokens = tokens;
+    }
+
+    async fn interrupted(&mut self) -> Interrupt {
+        loop {
+            if let Some(interrupt) = self.interrupt {
+                return interrupt;
+            }
+            match &mut self.in_flight {
+                Some(tick) => {
+                    let result = tick.await;
+                    self.in_flight = None;
+                    self.apply(result);
+                }
+                None => {
+                    tokio::time::sleep_until(self.next_tick).await;
+                    self.start_tick();
+                }
+            }
+        }
+    }
+}
