@@ -125,9 +125,11 @@ set -a; . "$dir/env"; . "$dir/client.env"; set +a
 "${CARGO_TARGET_DIR:-$root/target}/debug/stack" create-table >/dev/null
 
 # cargo-lambda's own zig is not needed for host builds; PATH gives it the venv's.
+# --disable-cors: the emulator would otherwise echo any Origin and answer every
+# preflight itself; the functions' own CORS (ALLOWED_ORIGINS) is what is tested.
 PATH="$venv/bin:$PATH" start functions "$venv/bin/cargo-lambda" lambda watch \
   --invoke-address 127.0.0.1 --invoke-port "$fn_port" --env-file "$dir/env" \
-  --concurrency "$concurrency" --ignore-changes --quiet
+  --concurrency "$concurrency" --ignore-changes --disable-cors --quiet
 
 # Warm every function: the first invoke waits for cargo-lambda's own build.
 for fn in send regenerate conversations; do

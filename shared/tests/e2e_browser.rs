@@ -132,13 +132,14 @@ async fn until(client: &Client, what: &str, script: &str) -> Value {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let notice = js(
+    let page = js(
         client,
-        "return document.getElementById('notice').textContent",
+        "return [document.getElementById('status').textContent,
+                 document.getElementById('notice').textContent]",
     )
     .await;
     let answer = last_answer(client).await;
-    panic!("timed out waiting for {what} (page notice: {notice}; last answer: {answer})");
+    panic!("timed out waiting for {what} (page status, notice: {page}; last answer: {answer})");
 }
 
 /// The last visible answer on the page: `{status, text, resumed}` or null.
@@ -453,7 +454,7 @@ async fn chat_page_stops_an_answer_and_resumes_another_after_a_reload() {
         let m = marker();
         let full = LONG;
         stack
-            .scenario(json!({"match": m, "tokens": tokens(full), "token_delay_ms": 150}))
+            .scenario(json!({"match": m, "tokens": tokens(full), "token_delay_ms": 120}))
             .await;
         type_and_send(&client, &format!("How is samosa chaat made? [{m}]")).await;
         until(
@@ -483,7 +484,7 @@ async fn chat_page_stops_an_answer_and_resumes_another_after_a_reload() {
         // re-attaches (GET .../stream) and follows it to its end.
         let m2 = marker();
         stack
-            .scenario(json!({"match": m2, "tokens": tokens(full), "token_delay_ms": 150}))
+            .scenario(json!({"match": m2, "tokens": tokens(full), "token_delay_ms": 120}))
             .await;
         type_and_send(&client, &format!("Again, all of it please [{m2}]")).await;
         until(
