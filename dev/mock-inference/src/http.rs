@@ -1,8 +1,12 @@
-//! Just enough HTTP/1.1 for a mock server that needs byte-level control of the wire.
+//! Just enough HTTP/1.1 for the dev tools that need byte-level control of the
+//! wire: this mock server, and the benchmark (`dev/bench`), whose Runtime API,
+//! clients and proxies read messages piece by piece to time them.
 //!
-//! Requests: request line, headers (names lower-cased), and a body framed by
-//! `Content-Length` or `Transfer-Encoding: chunked`. Responses always carry
-//! `connection: close`, so there is no keep-alive state to get wrong.
+//! Reading: message heads (start line, headers with names lower-cased), bodies
+//! framed by `Content-Length` or `Transfer-Encoding: chunked` (one chunk at a
+//! time, trailers included), whole requests with limits. Writing: the mock's
+//! responses, which always carry `connection: close`, so there is no keep-alive
+//! state to get wrong.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -54,7 +58,7 @@ impl Request {
     }
 }
 
-/// Why no request could be read.
+/// Why no request (or message) could be read.
 #[derive(Debug)]
 pub enum ReadError {
     /// The peer closed the connection before sending anything: nothing to answer.
@@ -63,6 +67,118 @@ pub enum ReadError {
     Bad(&'static str),
     /// The connection failed while reading.
     Io(io::Error),
+}
+
+impl From<ReadError> for io::Error {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Closed => io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"),
+            ReadError::Bad(what) => io::Error::new(io::ErrorKind::InvalidData, what),
+            ReadError::Io(e) => e,
+        }
+    }
+}
+
+/// The head of a request or a response.
+#[derive(Debug, Clone)]
+pub struct Head {
+    /// `[method, target, version]` of a request, `[version, status, reason]` of
+    /// a response (the reason may hold spaces; missing parts are empty).
+    pub start: [String; 3],
+    /// Header names lower-cased; repeated headers joined with `", "`.
+    pub headers: BTreeMap<String, String>,
+}
+
+/// How a message's body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Chunked,
+    Length(usize),
+    /// Neither: a request has no body, a response's runs to the end of the stream.
+    Unframed,
+}
+
+impl Head {
+    /// The value of a header, by lower-case name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+
+    pub fn framing(&self) -> Result<Framing, ReadError> {
+        if let Some(te) = self.header("transfer-encoding") {
+            // Chunked must be the last (here: the only meaningful) coding.
+            let last = te.rsplit(',').next().unwrap_or("").trim();
+            if !last.eq_ignore_ascii_case("chunked") {
+                return Err(ReadError::Bad("unsupported transfer-encoding"));
+            }
+            Ok(Framing::Chunked)
+        } else if let Some(len) = self.header("content-length") {
+            parse_content_length(len).map(Framing::Length)
+        } else {
+            Ok(Framing::Unframed)
+        }
+    }
+}
+
+/// One piece of a chunked body.
+#[derive(Debug)]
+pub enum Chunk {
+    Data(Vec<u8>),
+    /// The last chunk, with the trailer fields.
+    End(BTreeMap<String, String>),
+}
+
+/// Reads one message head (start line and headers); `Closed` when the stream
+/// ends before its first byte. `line` is a scratch buffer.
+pub async fn read_head<S>(conn: &mut S, line: &mut Vec<u8>) -> Result<Head, ReadError>
+where
+    S: AsyncBufRead + Unpin,
+{
+    if read_line(conn, line).await? == 0 {
+        return Err(ReadError::Closed);
+    }
+    let start_line = String::from_utf8_lossy(trim_eol(line)).into_owned();
+    let mut parts = start_line.splitn(3, ' ');
+    let start = [(); 3].map(|()| parts.next().unwrap_or("").to_owned());
+    let headers = read_headers(conn, line).await?;
+    Ok(Head { start, headers })
+}
+
+/// Reads the next piece of a chunked body.
+pub async fn read_chunk<S>(conn: &mut S, line: &mut Vec<u8>) -> Result<Chunk, ReadError>
+where
+    S: AsyncBufRead + Unpin,
+{
+    if read_line(conn, line).await? == 0 {
+        return Err(ReadError::Bad("connection closed inside a chunked body"));
+    }
+    let size_line = String::from_utf8_lossy(trim_eol(line));
+    // Chunk extensions (`;name=value`) are allowed and ignored.
+    let size = size_line.split(';').next().unwrap_or("").trim();
+    let size = usize::from_str_radix(size, 16).map_err(|_| ReadError::Bad("bad chunk size"))?;
+    if size == 0 {
+        return Ok(Chunk::End(read_headers(conn, line).await?));
+    }
+    if size > MAX_BODY {
+        return Err(ReadError::Bad("chunk too large"));
+    }
+    let mut data = vec![0; size];
+    conn.read_exact(&mut data).await.map_err(eof_is_bad)?;
+    read_line(conn, line).await?;
+    if !trim_eol(line).is_empty() || line.is_empty() {
+        return Err(ReadError::Bad("chunk data not followed by CRLF"));
+    }
+    Ok(Chunk::Data(data))
+}
+
+/// Reads a body of `len` bytes.
+pub async fn read_exact_body<S>(conn: &mut S, len: usize) -> Result<Vec<u8>, ReadError>
+where
+    S: AsyncBufRead + Unpin,
+{
+    let mut body = vec![0; len];
+    conn.read_exact(&mut body).await.map_err(eof_is_bad)?;
+    Ok(body)
 }
 
 /// Reads one request from `conn`.
@@ -74,29 +190,30 @@ where
     S: AsyncBufRead + AsyncWrite + Unpin,
 {
     let mut line = Vec::new();
-    if read_line(conn, &mut line).await? == 0 {
-        return Err(ReadError::Closed);
-    }
-    let request_line = String::from_utf8_lossy(trim_eol(&line)).into_owned();
-    let mut parts = request_line.split_ascii_whitespace();
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let Head { start, headers } = read_head(conn, &mut line).await?;
+    let [method, target, version] = start;
+    if method.is_empty()
+        || target.is_empty()
+        || method.contains(char::is_whitespace)
+        || target.contains(char::is_whitespace)
+        || version.contains(char::is_whitespace)
+    {
         return Err(ReadError::Bad("malformed request line"));
-    };
+    }
     if !version.starts_with("HTTP/1.") {
         return Err(ReadError::Bad("unsupported HTTP version"));
     }
     let (path, query) = match target.split_once('?') {
         Some((path, query)) => (path.to_owned(), Some(query.to_owned())),
-        None => (target.to_owned(), None),
+        None => (target, None),
     };
-    let method = method.to_owned();
+    let head = Head {
+        start: Default::default(),
+        headers,
+    };
 
-    let headers = read_headers(conn, &mut line).await?;
-
-    if headers
-        .get("expect")
+    if head
+        .header("expect")
         .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
     {
         conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -105,27 +222,28 @@ where
         conn.flush().await.map_err(ReadError::Io)?;
     }
 
-    let body = if let Some(te) = headers.get("transfer-encoding") {
-        // Chunked must be the last (here: the only meaningful) coding.
-        let last = te.rsplit(',').next().unwrap_or("").trim();
-        if !last.eq_ignore_ascii_case("chunked") {
-            return Err(ReadError::Bad("unsupported transfer-encoding"));
+    let body = match head.framing()? {
+        Framing::Chunked => {
+            let mut body = Vec::new();
+            loop {
+                match read_chunk(conn, &mut line).await? {
+                    Chunk::Data(data) if data.len() > MAX_BODY - body.len() => {
+                        return Err(ReadError::Bad("request body too large"))
+                    }
+                    Chunk::Data(data) => body.extend_from_slice(&data),
+                    Chunk::End(_) => break body,
+                }
+            }
         }
-        read_chunked_body(conn, &mut line).await?
-    } else if let Some(len) = headers.get("content-length") {
-        let len = parse_content_length(len)?;
-        let mut body = vec![0; len];
-        conn.read_exact(&mut body).await.map_err(eof_is_bad)?;
-        body
-    } else {
-        Vec::new()
+        Framing::Length(len) => read_exact_body(conn, len).await?,
+        Framing::Unframed => Vec::new(),
     };
 
     Ok(Request {
         method,
         path,
         query,
-        headers,
+        headers: head.headers,
         body,
     })
 }
@@ -165,39 +283,6 @@ where
             .or_insert_with(|| value.to_owned());
     }
     Err(ReadError::Bad("too many header lines"))
-}
-
-async fn read_chunked_body<S>(conn: &mut S, line: &mut Vec<u8>) -> Result<Vec<u8>, ReadError>
-where
-    S: AsyncBufRead + Unpin,
-{
-    let mut body = Vec::new();
-    loop {
-        if read_line(conn, line).await? == 0 {
-            return Err(ReadError::Bad("connection closed inside a chunked body"));
-        }
-        let size_line = String::from_utf8_lossy(trim_eol(line));
-        // Chunk extensions (`;name=value`) are allowed and ignored.
-        let size = size_line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size, 16).map_err(|_| ReadError::Bad("bad chunk size"))?;
-        if size == 0 {
-            // Trailer section: header lines up to an empty line; discarded.
-            read_headers(conn, line).await?;
-            return Ok(body);
-        }
-        if size > MAX_BODY - body.len() {
-            return Err(ReadError::Bad("request body too large"));
-        }
-        let start = body.len();
-        body.resize(start + size, 0);
-        conn.read_exact(&mut body[start..])
-            .await
-            .map_err(eof_is_bad)?;
-        read_line(conn, line).await?;
-        if !trim_eol(line).is_empty() || line.is_empty() {
-            return Err(ReadError::Bad("chunk data not followed by CRLF"));
-        }
-    }
 }
 
 fn parse_content_length(value: &str) -> Result<usize, ReadError> {
@@ -419,6 +504,33 @@ mod tests {
             );
         }
         assert!(matches!(parse(b"").await, Err(ReadError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn reads_response_heads_chunks_and_trailers() {
+        let raw: &[u8] = b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n\
+            3;e=1\r\nabc\r\n0\r\nLambda-Runtime-Function-Error-Type: E\r\n\r\n";
+        let mut conn = BufReader::new(raw);
+        let mut line = Vec::new();
+        let head = read_head(&mut conn, &mut line).await.expect("head");
+        assert_eq!(head.start, ["HTTP/1.1", "404", "Not Found"]);
+        assert_eq!(head.framing().expect("framing"), Framing::Chunked);
+        assert!(
+            matches!(read_chunk(&mut conn, &mut line).await, Ok(Chunk::Data(d)) if d == b"abc")
+        );
+        match read_chunk(&mut conn, &mut line).await {
+            Ok(Chunk::End(trailers)) => assert_eq!(
+                trailers
+                    .get("lambda-runtime-function-error-type")
+                    .map(String::as_str),
+                Some("E")
+            ),
+            other => panic!("expected the last chunk, got {other:?}"),
+        }
+        assert!(matches!(
+            read_head(&mut conn, &mut line).await,
+            Err(ReadError::Closed)
+        ));
     }
 
     #[test]

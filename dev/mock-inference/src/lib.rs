@@ -9,9 +9,10 @@
 //!
 //! The HTTP/1.1 server is hand-written on a `TcpListener` because the scenarios need
 //! byte-level control of the wire: chunk boundaries, bodies that end without their
-//! last chunk, and connection resets before any response.
+//! last chunk, and connection resets before any response. Its wire module
+//! (`http`) is public: the benchmark (`dev/bench`) reads HTTP/1.1 with it too.
 
-mod http;
+pub mod http;
 mod scenario;
 mod state;
 
