@@ -1,46 +1,32 @@
-//! Just enough HTTP/1.1 for the benchmark's own servers and clients: message heads,
-//! `Content-Length` and chunked bodies, with the arrival time of every piece.
+//! HTTP/1.1 for the benchmark's own servers and clients, timed: message heads,
+//! `Content-Length` and chunked bodies with the arrival time of every piece. The
+//! wire format itself is `mock_inference::http`'s (one HTTP/1 reader for `dev/`).
 //!
 //! Times are taken when the `read` that completed a piece returned, so they are
 //! what a server in the function's place (Lambda's Runtime API) would see.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::time::Instant;
 
-use tokio::io::{AsyncRead, AsyncReadExt};
+use mock_inference::http::{self as wire, Chunk, Framing};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
-/// Larger heads are refused (the Runtime API client's are well under 1 KiB).
-const MAX_HEAD: usize = 64 * 1024;
-
-/// A request or response head.
+/// A request or response head, with the arrival of its first byte.
 #[derive(Debug, Clone)]
 pub struct Head {
     /// `[method, target, version]` of a request, `[version, status, reason]` of a response.
     pub start: [String; 3],
     /// Names lowercased.
-    pub headers: Vec<(String, String)>,
+    pub headers: BTreeMap<String, String>,
     /// When the first byte of this message arrived.
     pub first_byte: Instant,
+    framing: Framing,
 }
 
 impl Head {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn chunked(&self) -> bool {
-        self.header("transfer-encoding")
-            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
-    }
-
-    fn content_length(&self) -> io::Result<usize> {
-        match self.header("content-length") {
-            None => Ok(0),
-            Some(v) => v.trim().parse().map_err(|_| bad("bad content-length")),
-        }
+        self.headers.get(name).map(String::as_str)
     }
 }
 
@@ -52,99 +38,50 @@ pub struct Body {
     pub trailers: Vec<(String, String)>,
 }
 
-pub fn bad(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
-}
-
-/// A buffered reader of HTTP/1.1 messages.
+/// A buffered reader of HTTP/1.1 messages over `mock_inference::http`'s wire
+/// functions, stamping each piece with the time the read that completed it
+/// returned.
 pub struct Reader<R> {
-    inner: R,
-    buf: Vec<u8>,
-    pos: usize,
+    inner: BufReader<R>,
+    line: Vec<u8>,
     last_read: Instant,
 }
 
 impl<R: AsyncRead + Unpin> Reader<R> {
     pub fn new(inner: R) -> Self {
         Self {
-            inner,
-            buf: Vec::with_capacity(16 * 1024),
-            pos: 0,
+            inner: BufReader::with_capacity(16 * 1024, inner),
+            line: Vec::new(),
             last_read: Instant::now(),
         }
     }
 
-    fn pending(&self) -> &[u8] {
-        &self.buf[self.pos..]
-    }
-
-    /// Reads more bytes; `false` on end of stream.
-    async fn fill(&mut self) -> io::Result<bool> {
-        if self.pos > 0 && self.pos == self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
-        } else if self.pos > 64 * 1024 {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
-        }
-        let len = self.buf.len();
-        self.buf.resize(len + 16 * 1024, 0);
-        let n = self.inner.read(&mut self.buf[len..]).await;
-        self.last_read = Instant::now();
-        let n = match n {
-            Ok(n) => n,
-            Err(e) => {
-                self.buf.truncate(len);
-                return Err(e);
-            }
-        };
-        self.buf.truncate(len + n);
-        Ok(n > 0)
-    }
-
     /// The next message head; `None` on a clean end of stream before it.
     pub async fn head(&mut self) -> io::Result<Option<Head>> {
-        let mut first_byte = (!self.pending().is_empty()).then_some(self.last_read);
-        let end = loop {
-            if let Some(i) = find(self.pending(), b"\r\n\r\n") {
-                break i;
+        let first_byte = if self.inner.buffer().is_empty() {
+            if self.inner.fill_buf().await?.is_empty() {
+                return Ok(None);
             }
-            if self.pending().len() > MAX_HEAD {
-                return Err(bad("head too large"));
-            }
-            if !self.fill().await? {
-                if self.pending().is_empty() {
-                    return Ok(None);
-                }
-                return Err(bad("end of stream inside a head"));
-            }
-            first_byte.get_or_insert(self.last_read);
+            Instant::now()
+        } else {
+            // Arrived with the read that completed the previous piece.
+            self.last_read
         };
-        let text = std::str::from_utf8(&self.pending()[..end])
-            .map_err(|_| bad("head is not UTF-8"))?
-            .to_owned();
-        self.pos += end + 4;
-        let mut lines = text.split("\r\n");
-        let mut start = lines.next().unwrap_or("").splitn(3, ' ');
-        let start = [(); 3].map(|()| start.next().unwrap_or("").to_owned());
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
+        let head = wire::read_head(&mut self.inner, &mut self.line).await?;
+        self.last_read = Instant::now();
         Ok(Some(Head {
-            start,
-            headers,
-            first_byte: first_byte.unwrap_or(self.last_read),
+            framing: head.framing()?,
+            start: head.start,
+            headers: head.headers,
+            first_byte,
         }))
     }
 
     /// The body of a request (`Content-Length`, chunked, or none).
     pub async fn request_body(&mut self, head: &Head) -> io::Result<Body> {
-        if head.chunked() {
-            self.chunked(|_, _| {}).await
-        } else {
-            let len = head.content_length()?;
-            self.exact(len).await
+        match head.framing {
+            Framing::Unframed => Ok(Body::default()),
+            _ => self.response_body(head, |_, _| {}).await,
         }
     }
 
@@ -152,91 +89,43 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     pub async fn response_body(
         &mut self,
         head: &Head,
-        on_chunk: impl FnMut(Instant, &[u8]),
+        mut on_chunk: impl FnMut(Instant, &[u8]),
     ) -> io::Result<Body> {
-        if head.chunked() {
-            self.chunked(on_chunk).await
-        } else if head.header("content-length").is_some() {
-            let len = head.content_length()?;
-            self.exact(len).await
-        } else {
+        let mut body = Body::default();
+        match head.framing {
+            Framing::Length(0) => {}
+            Framing::Length(len) => {
+                let data = wire::read_exact_body(&mut self.inner, len).await?;
+                self.last_read = Instant::now();
+                body.chunks.push((self.last_read, data));
+            }
+            Framing::Chunked => loop {
+                let chunk = wire::read_chunk(&mut self.inner, &mut self.line).await?;
+                self.last_read = Instant::now();
+                match chunk {
+                    Chunk::Data(data) => {
+                        on_chunk(self.last_read, &data);
+                        body.chunks.push((self.last_read, data));
+                    }
+                    Chunk::End(trailers) => {
+                        body.trailers = trailers.into_iter().collect();
+                        break;
+                    }
+                }
+            },
             // Until the connection closes.
-            let mut body = Body::default();
-            loop {
-                if !self.pending().is_empty() {
-                    body.chunks.push((self.last_read, self.pending().to_vec()));
-                    self.pos = self.buf.len();
+            Framing::Unframed => loop {
+                let data = self.inner.fill_buf().await?.to_vec();
+                self.last_read = Instant::now();
+                if data.is_empty() {
+                    break;
                 }
-                if !self.fill().await? {
-                    return Ok(body);
-                }
-            }
+                self.inner.consume(data.len());
+                on_chunk(self.last_read, &data);
+                body.chunks.push((self.last_read, data));
+            },
         }
-    }
-
-    async fn exact(&mut self, len: usize) -> io::Result<Body> {
-        let mut body = Body::default();
-        if len == 0 {
-            return Ok(body);
-        }
-        while self.pending().len() < len {
-            if !self.fill().await? {
-                return Err(bad("end of stream inside a body"));
-            }
-        }
-        body.chunks
-            .push((self.last_read, self.pending()[..len].to_vec()));
-        self.pos += len;
         Ok(body)
-    }
-
-    async fn line(&mut self) -> io::Result<String> {
-        loop {
-            if let Some(i) = find(self.pending(), b"\r\n") {
-                let line = String::from_utf8_lossy(&self.pending()[..i]).into_owned();
-                self.pos += i + 2;
-                return Ok(line);
-            }
-            if self.pending().len() > MAX_HEAD {
-                return Err(bad("line too long"));
-            }
-            if !self.fill().await? {
-                return Err(bad("end of stream inside a chunked body"));
-            }
-        }
-    }
-
-    async fn chunked(&mut self, mut on_chunk: impl FnMut(Instant, &[u8])) -> io::Result<Body> {
-        let mut body = Body::default();
-        loop {
-            let line = self.line().await?;
-            let size = line.split(';').next().unwrap_or("").trim();
-            let size = usize::from_str_radix(size, 16).map_err(|_| bad("bad chunk size"))?;
-            if size == 0 {
-                loop {
-                    let line = self.line().await?;
-                    if line.is_empty() {
-                        return Ok(body);
-                    }
-                    if let Some((n, v)) = line.split_once(':') {
-                        body.trailers
-                            .push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
-                    }
-                }
-            }
-            while self.pending().len() < size + 2 {
-                if !self.fill().await? {
-                    return Err(bad("end of stream inside a chunk"));
-                }
-            }
-            let data = self.pending()[..size].to_vec();
-            if &self.pending()[size..size + 2] != b"\r\n" {
-                return Err(bad("chunk not followed by CRLF"));
-            }
-            self.pos += size + 2;
-            on_chunk(self.last_read, &data);
-            body.chunks.push((self.last_read, data));
-        }
     }
 }
 

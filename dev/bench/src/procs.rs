@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write as _};
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -137,12 +138,15 @@ pub async fn mock_inference(
 
 /// Starts the function binary the way Lambda does: a clean environment of the
 /// Lambda variables and the function's configuration, output to a log file.
-/// Returns the process and the instant just before it was started.
+/// `join` are `cgroup.procs` files the process enters before it execs (so its
+/// init already runs under Lambda's CPU share). Returns the process and the
+/// instant just before it was started.
 pub fn function(
     bin: &Path,
     dir: &Path,
     name: &str,
     env: &BTreeMap<String, String>,
+    join: Vec<File>,
 ) -> Result<(Proc, Instant), String> {
     let log = log_file(dir, name).map_err(|e| e.to_string())?;
     let mut cmd = Command::new(bin);
@@ -151,6 +155,19 @@ pub fn function(
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
         .stderr(log);
+    if !join.is_empty() {
+        // SAFETY: between fork and exec the closure only calls write(2) on files
+        // opened before the fork, with a constant buffer: no allocation, no locks.
+        // Writing "0" to a cgroup v1 `cgroup.procs` moves the writing process.
+        unsafe {
+            cmd.pre_exec(move || {
+                for mut f in &join {
+                    f.write_all(b"0")?;
+                }
+                Ok(())
+            });
+        }
+    }
     let started = Instant::now();
     let child = cmd
         .spawn()
@@ -180,4 +197,54 @@ pub fn cpu_ns(pid: u32) -> Option<u64> {
         }
     }
     Some(total)
+}
+
+/// The Python peer (`serve.py` of `shared/peers/python-chat-api`) on a free port,
+/// run by its own launcher. Returns the process, its address, the instant before
+/// it was started and the instant it printed `ready`.
+pub async fn peer(
+    python: &Path,
+    serve: &Path,
+    dir: &Path,
+    inference: SocketAddr,
+) -> Result<(Proc, SocketAddr, Instant, Instant), String> {
+    let port = free_port().map_err(|e| e.to_string())?;
+    let log = log_file(dir, "peer").map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(python);
+    cmd.arg(serve)
+        .args(["--port", &port.to_string()])
+        .args(["--inference", &format!("http://{inference}")])
+        .args(["--db", &dir.join("peer.db").display().to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log);
+    let started = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", python.display()))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let proc = Proc { child };
+    let ready = tokio::task::spawn_blocking(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return None,
+                Ok(_) if line.starts_with("ready ") => return Some(Instant::now()),
+                Ok(_) => {}
+            }
+        }
+    });
+    let ready = tokio::time::timeout(Duration::from_secs(60), ready)
+        .await
+        .map_err(|_| "the peer did not print ready within 60 s")?
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("the peer exited before ready; log in {}", dir.display()))?;
+    Ok((
+        proc,
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        started,
+        ready,
+    ))
 }
