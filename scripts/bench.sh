@@ -1,20 +1,34 @@
 #!/usr/bin/env bash
 # The benchmark of `send` as users feel it (not part of the test suite): builds the
-# release binaries, installs moto (scripts/bootstrap.sh), and runs dev/bench, which
-# starts its own moto DynamoDB server, mock inference server and Lambda Runtime API.
+# release binaries, installs moto (scripts/bootstrap.sh) and the Python peer's
+# packages (its own setup.sh, from PyPI, into .tools/peer-venv), and runs
+# dev/bench, which starts its own moto DynamoDB server, mock inference server and
+# Lambda Runtime API, holds the function to Lambda's CPU share of each memory
+# size, and runs the peer beside it.
 #
-#   scripts/bench.sh [bench options, e.g. --sends 60 --cold-starts 9]
+#   scripts/bench.sh [bench options, e.g. --memory 128,256 --period 20,100]
 #
-# Takes a few minutes for the release builds (lto) the first time, under a minute
-# to run. See dev/bench/README.md for what each figure means.
+# Honours CARGO_TARGET_DIR. Takes many minutes for the release builds (lto) the
+# first time, about two minutes to run. See dev/bench/README.md for what each
+# figure means.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 
 scripts/bootstrap.sh
+peer="$root/../shared/peers/python-chat-api"
+if [ -x "$peer/setup.sh" ] || [ -f "$peer/setup.sh" ]; then
+  stamp="$root/.tools/peer-venv/.installed-$(sha256sum "$peer/requirements.txt" | cut -c1-16)"
+  if [ ! -f "$stamp" ]; then
+    bash "$peer/setup.sh" "$root/.tools/peer-venv"
+    touch "$stamp"
+  fi
+else
+  echo "bench.sh: no Python peer at $peer; it will not be measured" >&2
+fi
 # The measured binaries exactly as `cargo build --release` makes them; the
 # benchmark is built on its own so it cannot change their features.
 cargo build --release --quiet -p send -p regenerate -p conversations -p mock-inference
 cargo build --release --quiet -p bench
 release="${CARGO_TARGET_DIR:-$root/target}/release"
-exec "$release/bench" --bin-dir "$release" "$@"
+exec "$release/bench" --bin-dir "$release" --peer "$peer" --peer-python "$root/.tools/peer-venv/bin/python" "$@"
