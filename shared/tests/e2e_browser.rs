@@ -55,10 +55,7 @@ where
     let chromedriver = std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
     let mut driver = Command::new(&chromedriver)
         .arg(format!("--port={port}"))
-        .arg(format!(
-            "--log-path={}",
-            tmp.join("chromedriver.log").display()
-        ))
+        // No chromedriver log: it would record the messages typed and read.
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -80,7 +77,7 @@ where
     let _ = client.close().await;
     let _ = driver.kill();
     let _ = driver.wait();
-    let _ = std::fs::remove_dir_all(tmp.join("profile"));
+    let _ = std::fs::remove_dir_all(&tmp);
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
