@@ -240,7 +240,7 @@ async fn open_resume(
 /// checkpoint, then the events its stream ended with.
 async fn follow(state: Arc<AppState>, conversation: Conversation, slot: LiveSlot, mut sink: Sink) {
     let config = &state.config;
-    let poll = (config.checkpoint_interval / 2).max(Duration::from_millis(25));
+    let interval = config.checkpoint_interval;
     let stale = u64::try_from(config.live_stale_after.as_millis()).unwrap_or(u64::MAX);
     let mut reader = Reader {
         last_seq: None,
@@ -271,7 +271,7 @@ async fn follow(state: Arc<AppState>, conversation: Conversation, slot: LiveSlot
                 .await;
             return;
         }
-        let next = Instant::now() + poll;
+        let next = Instant::now() + next_poll(checkpoints.last(), interval);
         while Instant::now() < next {
             let ping_at = sink.last_sent() + config.ping_interval;
             tokio::time::sleep_until(next.min(ping_at)).await;
@@ -283,6 +283,22 @@ async fn follow(state: Arc<AppState>, conversation: Conversation, slot: LiveSlot
             return;
         }
     }
+}
+
+/// How long a resumed reader waits before its next read. The generating
+/// function checkpoints once per interval, so the reader reads once per interval
+/// too, just after the next checkpoint is due (by the last one's time): each read
+/// finds new text, and costs half a read unit. A read that found nothing waits a
+/// whole interval. At most two reads per interval, whatever the clocks say.
+fn next_poll(newest: Option<&Checkpoint>, interval: Duration) -> Duration {
+    const SETTLE: u64 = 100;
+    let Some(newest) = newest else {
+        return interval;
+    };
+    let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+    let due = newest.at_ms.saturating_add(interval_ms + SETTLE);
+    let wait = due.saturating_sub(time_fmt::now_ms()).min(interval_ms);
+    Duration::from_millis(wait.max(interval_ms / 2))
 }
 
 struct Reader {
@@ -546,5 +562,38 @@ impl Watch for Checkpointer {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms_ago: u64) -> Checkpoint {
+        Checkpoint {
+            seq: 3,
+            text: "x".into(),
+            tokens: 1,
+            at_ms: time_fmt::now_ms() - ms_ago,
+            end: None,
+        }
+    }
+
+    #[test]
+    fn a_resumed_reader_reads_once_per_interval_just_after_each_checkpoint() {
+        let interval = Duration::from_millis(1000);
+        // Nothing new: a whole interval.
+        assert_eq!(next_poll(None, interval), interval);
+        // A checkpoint written 300 ms ago: the next is due in 700 ms, read 100 ms after.
+        let wait = next_poll(Some(&at(300)), interval).as_millis();
+        assert!((780..=800).contains(&wait), "{wait}");
+        // Overdue (a slow writer or clocks apart): never more than two reads per interval.
+        assert_eq!(next_poll(Some(&at(5000)), interval), interval / 2);
+        // A writer clock ahead of ours: never longer than an interval.
+        let ahead = Checkpoint {
+            at_ms: time_fmt::now_ms() + 60_000,
+            ..at(0)
+        };
+        assert_eq!(next_poll(Some(&ahead), interval), interval);
     }
 }

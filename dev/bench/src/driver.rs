@@ -160,11 +160,16 @@ impl Bench {
 
     /// Registers an answer of `tokens` tokens for the next request containing `marker`.
     pub async fn scenario(&self, marker: &str, tokens: usize) -> Res<()> {
+        self.paced_scenario(marker, tokens, 0).await
+    }
+
+    /// [`Bench::scenario`] with `delay_ms` between tokens.
+    pub async fn paced_scenario(&self, marker: &str, tokens: usize, delay_ms: u64) -> Res<()> {
         let tokens: Vec<String> = (0..tokens).map(|i| format!(" w{i}")).collect();
         let resp = self
             .control
             .post(format!("http://{}/__mock/scenarios", self.mock))
-            .json(&json!({ "match": marker, "tokens": tokens, "token_delay_ms": 0 }))
+            .json(&json!({ "match": marker, "tokens": tokens, "token_delay_ms": delay_ms }))
             .send()
             .await
             .map_err(|e| format!("mock scenario: {e}"))?;
@@ -241,7 +246,8 @@ impl Bench {
         Ok((started, times))
     }
 
-    fn event(&self, conversation: Uuid, content: &str, key: Option<&str>) -> Vec<u8> {
+    /// The event of a send of `content` to `conversation`.
+    pub fn event(&self, conversation: Uuid, content: &str, key: Option<&str>) -> Vec<u8> {
         let path = format!("/api/conversations/{conversation}/messages");
         let now = time::OffsetDateTime::now_utc();
         let mut event = json!({

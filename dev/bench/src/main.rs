@@ -243,6 +243,10 @@ async fn run(args: &Args, dir: &Path) -> Res<String> {
         eprintln!("bench: python peer: {e}");
     }
 
+    eprintln!("bench: live answers: a 20 s answer with a resumed reader, then stops");
+    b.reset_mock().await?;
+    let live = scenarios::live::run(&mut b, 8).await;
+
     let sizes: Vec<(String, Option<u64>)> = ["send", "regenerate", "conversations"]
         .iter()
         .map(|n| {
@@ -260,5 +264,5 @@ async fn run(args: &Args, dir: &Path) -> Res<String> {
         counts: &counts,
         peer: peer.as_ref().map(|p| p.as_ref().map_err(Clone::clone)),
         sizes: &sizes,
-    }))
+    }) + &scenarios::live::render(&live))
 }

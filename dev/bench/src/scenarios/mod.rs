@@ -6,7 +6,8 @@
 //!   send) and long answers (relay cost per token), then its peak memory;
 //! - `requests`: DynamoDB requests, round trips and capacity units per send,
 //!   through counting proxies;
-//! - `peer`: the Python service this replaces, against the same mock upstream.
+//! - `peer`: the Python service this replaces, against the same mock upstream;
+//! - `live`: live answers' DynamoDB units, resume lag and stop latency.
 //!
 //! A new scenario is one more module here: a `run` function taking the
 //! `driver::Bench` (and the share's cgroup when it times the function) and
@@ -14,6 +15,7 @@
 //! section of its own in `report`.
 
 pub mod cold;
+pub mod live;
 pub mod peer;
 pub mod requests;
 pub mod warm;
