@@ -403,7 +403,7 @@ async fn run(job: Job, mut sink: Sink) {
                             message,
                             title.as_deref(),
                             SlotGuard::Holds(job.answer),
-                            None,
+                            Vec::new(),
                         )
                         .await
                 }
@@ -450,13 +450,14 @@ async fn run(job: Job, mut sink: Sink) {
             }
             let error = json!({ "error": "persist_failed" });
             record(&job, Some(&error), false).await;
-            release(&job.state, job.conversation.id, job.answer).await;
+            finish_with_error(&mut sink, error.clone());
             if matches!(result, Err(StoreError::NotFound)) {
                 // The conversation is gone: nobody can resume it.
-                finish_with_error(&mut sink, error);
+                release(&job.state, job.conversation.id, job.answer).await;
                 live.discard().await;
             } else {
-                end_stream(&mut sink, live, vec![error, json!({ "done": true })]).await;
+                let last = live.last(vec![error, json!({ "done": true })]).await;
+                live.release_with(&last).await;
             }
             return;
         }
@@ -464,7 +465,7 @@ async fn run(job: Job, mut sink: Sink) {
     conclude(&job, outcome, &mut sink, live).await;
 }
 
-async fn conclude(job: &Job, outcome: Outcome, sink: &mut Sink, live: Checkpointer) {
+async fn conclude(job: &Job, outcome: Outcome, sink: &mut Sink, mut live: Checkpointer) {
     let keep_partial = match job.persist {
         Persist::Append => true,
         // A failed regeneration never touches the answer it was meant to replace.
@@ -482,6 +483,12 @@ async fn conclude(job: &Job, outcome: Outcome, sink: &mut Sink, live: Checkpoint
         }
     };
     let stopped = outcome.ending == Ending::Interrupted(Interrupt::Stop);
+    let failure = match outcome.ending {
+        Ending::Failed(f) => Some(f.event()),
+        Ending::Interrupted(Interrupt::Lost) => Some(json!({ "error": "inference_interrupted" })),
+        Ending::Interrupted(Interrupt::Gone) => Some(json!({ "error": "persist_failed" })),
+        Ending::Done | Ending::Interrupted(Interrupt::Stop) => None,
+    };
 
     let mut stored = None;
     if store {
@@ -496,44 +503,49 @@ async fn conclude(job: &Job, outcome: Outcome, sink: &mut Sink, live: Checkpoint
             created_at: time_fmt::of_id(job.answer),
             status,
         };
-        // The idempotency record finishes in the answer's own transaction.
-        let finish = match &job.idempotency {
-            Some(key) => {
-                let replay = Replay {
-                    content: answer.content.clone(),
-                    message_id: Some(answer.id),
-                    error: match outcome.ending {
-                        Ending::Failed(f) => Some(f.event().to_string()),
-                        _ => None,
-                    },
-                    stopped,
-                };
-                job.state.store.finish_item(key, &replay).ok()
-            }
-            None => None,
+        // What the stream ends with once the answer is stored; the last
+        // checkpoint says so to resumed readers in the answer's own transaction.
+        let end = match &failure {
+            Some(error) => vec![error.clone(), json!({ "done": true })],
+            None => vec![done_event(Some(answer.id), stopped)],
         };
+        let last = live.last(end.clone()).await;
+        let mut with = Vec::new();
+        // The idempotency record finishes in the answer's own transaction too.
+        if let Some(key) = &job.idempotency {
+            let replay = Replay {
+                content: answer.content.clone(),
+                message_id: Some(answer.id),
+                error: failure.as_ref().map(ToString::to_string),
+                stopped,
+            };
+            with.extend(job.state.store.finish_item(key, &replay).ok());
+        }
+        // An answer whose stored message says everything (`done` with its id, or
+        // `stopped`) and that never checkpointed needs no last checkpoint: a
+        // resumed reader finds the slot free and ends from the message. Short
+        // answers so leave no checkpoint item behind.
+        if failure.is_some() || live.has_checkpointed() {
+            with.extend(live.last_put(&last).ok());
+        }
         let store = &job.state.store;
         let guard = SlotGuard::Ends(job.answer);
         let result = match job.persist {
             Persist::Append => {
                 store
-                    .append_message_with(job.user, &job.conversation, &answer, None, guard, finish)
+                    .append_message_with(job.user, &job.conversation, &answer, None, guard, with)
                     .await
             }
             Persist::Replace(replacing) => {
                 store
-                    .replace_answer(
-                        job.user,
-                        &job.conversation,
-                        replacing,
-                        &answer,
-                        guard,
-                        finish,
-                    )
+                    .replace_answer(job.user, &job.conversation, replacing, &answer, guard, with)
                     .await
             }
         };
-        stored = Some(result.map(|()| answer.id));
+        stored = Some(match result {
+            Ok(()) => Ok((answer.id, end)),
+            Err(e) => Err(e),
+        });
     }
 
     info!(
@@ -545,38 +557,34 @@ async fn conclude(job: &Job, outcome: Outcome, sink: &mut Sink, live: Checkpoint
         "stream finished"
     );
 
-    let error = match (outcome.ending, &stored) {
-        (Ending::Failed(failure), stored) => {
-            if let Some(Err(e)) = stored {
-                warn!(error = %e, "partial answer not stored");
-            }
-            Some(failure.event())
+    if let Some(Ok((_, end))) = &stored {
+        for event in end {
+            sink.event(event);
         }
-        (Ending::Interrupted(Interrupt::Lost), _) => {
-            Some(json!({ "error": "inference_interrupted" }))
-        }
-        (Ending::Interrupted(Interrupt::Gone), _) => Some(json!({ "error": "persist_failed" })),
-        (_, Some(Err(StoreError::Conflict))) => Some(json!({ "error": "conflict" })),
-        (_, Some(Err(e))) => {
+        return;
+    }
+    // Nothing stored: the slot, the record (if any) and the last checkpoint end
+    // on their own.
+    let error = match (&stored, failure) {
+        (Some(Err(e)), failure) => {
             warn!(error = %e, "answer not stored");
-            Some(json!({ "error": "persist_failed" }))
-        }
-        (_, _) => None,
-    };
-    let end = match (&stored, error) {
-        (Some(Ok(id)), None) => vec![done_event(Some(*id), stopped)],
-        (Some(Ok(_)), Some(error)) => vec![error, json!({ "done": true })],
-        (_, error) => {
-            // Nothing stored: the slot and the record (if any) end on their own.
-            release(&job.state, job.conversation.id, job.answer).await;
-            record(job, error.as_ref(), stopped).await;
-            match error {
-                Some(error) => vec![error, json!({ "done": true })],
-                // `done` with no token at all: nothing to store, nothing lost.
-                None => vec![done_event(None, stopped)],
+            match (e, failure) {
+                (_, Some(failure)) => Some(failure),
+                (StoreError::Conflict, None) => Some(json!({ "error": "conflict" })),
+                (_, None) => Some(json!({ "error": "persist_failed" })),
             }
         }
+        (_, failure) => failure,
     };
+    record(job, error.as_ref(), stopped).await;
+    let end = match error {
+        Some(error) => vec![error, json!({ "done": true })],
+        // `done` with no token at all: nothing to store, nothing lost.
+        None => vec![done_event(None, stopped)],
+    };
+    for event in &end {
+        sink.event(event);
+    }
     // The conversation was deleted under the answer: nobody can resume it.
     let gone = outcome.ending == Ending::Interrupted(Interrupt::Gone)
         || matches!(
@@ -584,12 +592,17 @@ async fn conclude(job: &Job, outcome: Outcome, sink: &mut Sink, live: Checkpoint
             (Persist::Append, Some(Err(StoreError::NotFound)))
         );
     if gone {
-        for event in &end {
-            sink.event(event);
-        }
+        release(&job.state, job.conversation.id, job.answer).await;
         live.discard().await;
+        return;
+    }
+    let last = live.last(end).await;
+    if matches!(stored, Some(Err(_))) {
+        // The answer's transaction carried the last checkpoint and failed.
+        release(&job.state, job.conversation.id, job.answer).await;
+        live.write(&last).await;
     } else {
-        end_stream(sink, live, end).await;
+        live.release_with(&last).await;
     }
 }
 
@@ -612,15 +625,6 @@ fn done_event(message_id: Option<Uuid>, stopped: bool) -> serde_json::Value {
         done["stopped"] = json!(true);
     }
     done
-}
-
-/// Sends the final events, then writes the last checkpoint for resumed readers
-/// before the stream closes: once it closes, Lambda may freeze the instance.
-async fn end_stream(sink: &mut Sink, live: Checkpointer, end: Vec<serde_json::Value>) {
-    for event in &end {
-        sink.event(event);
-    }
-    live.finish(end).await;
 }
 
 /// Finishes the request's idempotency record when no answer carried it.

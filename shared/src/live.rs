@@ -18,6 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws_sdk_dynamodb::types::TransactWriteItem;
 use bytes::Bytes;
 use http::header::{HeaderValue, ALLOW};
 use http::{Method, Response, StatusCode};
@@ -32,6 +33,7 @@ use crate::chat::stream_response;
 use crate::error::ApiError;
 use crate::relay::{Interrupt, Sink, Watch};
 use crate::state::AppState;
+
 use crate::store::{
     Checkpoint, Conversation, LiveSlot, MessageStatus, SlotClaim, SlotState, Store, StoreError,
 };
@@ -264,8 +266,20 @@ async fn follow(state: Arc<AppState>, conversation: Conversation, slot: LiveSlot
         if reader.deliver(&checkpoints, &mut sink) {
             return;
         }
+        // An answer that ends within its first interval writes no checkpoint at
+        // all: until one shows up, a read that found nothing also looks whether
+        // the answer still holds the slot.
+        let ended = checkpoints.is_empty()
+            && reader.last_seq.is_none()
+            && matches!(
+                state
+                    .store
+                    .slot_state(conversation.id, slot.id, false)
+                    .await,
+                Ok(SlotState::Lost | SlotState::Gone)
+            );
         let now = time_fmt::now_ms();
-        if now > slot.deadline_ms || now.saturating_sub(reader.beat_ms) > stale {
+        if ended || now > slot.deadline_ms || now.saturating_sub(reader.beat_ms) > stale {
             reader
                 .conclude(&state, &conversation, &slot, &mut sink)
                 .await;
@@ -466,7 +480,7 @@ impl Checkpointer {
                     None => None,
                 }
             };
-            let (written, state) = tokio::join!(put, store.slot_state(conversation, answer));
+            let (written, state) = tokio::join!(put, store.slot_state(conversation, answer, true));
             TickResult { written, state }
         }));
     }
@@ -493,24 +507,50 @@ impl Checkpointer {
         }
     }
 
-    /// Writes the last checkpoint: the text not yet checkpointed and the events
-    /// the stream ends with, for resumed readers. Called after the answer is
-    /// stored (or known not to be).
-    pub async fn finish(mut self, end: Vec<Value>) {
+    /// The answer's last checkpoint: the text not yet checkpointed and the events
+    /// the stream ends with, for resumed readers. Waits for a checkpoint still
+    /// in flight, so the sequence stays gapless.
+    pub async fn last(&mut self, end: Vec<Value>) -> Checkpoint {
         if let Some(tick) = self.in_flight.take() {
             let result = tick.await;
             self.apply(result);
         }
-        let last = Checkpoint {
+        Checkpoint {
             seq: self.seq,
             text: self.text[self.flushed..].to_owned(),
             tokens: self.tokens,
             at_ms: time_fmt::now_ms(),
             end: Some(end),
-        };
+        }
+    }
+
+    /// Whether any checkpoint was written (or may have been: one in flight).
+    pub fn has_checkpointed(&self) -> bool {
+        self.seq > 0 || self.in_flight.is_some()
+    }
+
+    /// The Put of `last` for the transaction that stores the answer.
+    pub fn last_put(&self, last: &Checkpoint) -> Result<TransactWriteItem, StoreError> {
+        self.store
+            .checkpoint_put(self.conversation, self.answer, last)
+    }
+
+    /// Nothing was stored: frees the slot and writes `last` in one transaction.
+    pub async fn release_with(self, last: &Checkpoint) {
         if let Err(e) = self
             .store
-            .put_checkpoint(self.conversation, self.answer, &last)
+            .release_slot_with(self.conversation, self.answer, last)
+            .await
+        {
+            warn!(error = %e, "live slot not released");
+        }
+    }
+
+    /// Writes `last` on its own (the answer's write failed after all).
+    pub async fn write(self, last: &Checkpoint) {
+        if let Err(e) = self
+            .store
+            .put_checkpoint(self.conversation, self.answer, last)
             .await
         {
             warn!(error = %e, "last checkpoint not written");

@@ -170,7 +170,7 @@ async fn resumed_readers_get_the_whole_answer_and_the_same_ending() {
     let stack = Stack::get().await;
     let (user, id, m) = stack.chat().await;
     let content = format!("resume {m}");
-    let full = slow_answer(&stack, &content, 40, 60).await;
+    let full = slow_answer(&stack, &content, 80, 50).await;
     let original = in_background(send_req(&stack, &user, id, &content));
 
     until_streaming(&stack, &user, id, 10).await;

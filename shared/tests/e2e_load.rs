@@ -30,7 +30,10 @@ async fn one_stream(stack: &Stack, user: &User, id: Uuid, content: String) -> Ru
         .send()
         .await
         .expect("request");
-    assert_eq!(resp.status(), 200);
+    if resp.status() != 200 {
+        let status = resp.status();
+        panic!("{status}: {}", resp.text().await.unwrap_or_default());
+    }
     let mut raw = Vec::new();
     let mut first_token = None;
     while let Some(chunk) = resp.chunk().await.expect("chunk") {

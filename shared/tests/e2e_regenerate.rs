@@ -139,11 +139,13 @@ async fn racing_regenerates_leave_exactly_one_answer() {
     stack
         .scenario(json!({"match": m, "tokens": ["original"]}))
         .await;
+    // Both answers take a while, so the second regenerate meets the first one
+    // live, whichever claims the conversation first.
     stack
-        .scenario(json!({"match": m, "tokens": ["fast"], "token_delay_ms": 50}))
+        .scenario(json!({"match": m, "tokens": ["one"], "first_token_delay_ms": 3000}))
         .await;
     stack
-        .scenario(json!({"match": m, "tokens": ["slow", "er"], "first_token_delay_ms": 800}))
+        .scenario(json!({"match": m, "tokens": ["two"], "first_token_delay_ms": 3000}))
         .await;
     stack
         .send(&user, id, &format!("race {m}"))

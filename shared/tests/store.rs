@@ -202,7 +202,7 @@ async fn a_replacement_needs_the_expected_last_message() {
             replacing(q.id),
             &stale,
             SlotGuard::Free,
-            None,
+            Vec::new(),
         )
         .await;
     assert!(matches!(result, Err(StoreError::Conflict)), "{result:?}");
@@ -220,7 +220,7 @@ async fn a_replacement_needs_the_expected_last_message() {
             replacing(a.id),
             &new,
             SlotGuard::Free,
-            None,
+            Vec::new(),
         )
         .await
         .expect("replace");
@@ -240,7 +240,7 @@ async fn a_replacement_needs_the_expected_last_message() {
             replacing(a.id),
             &message(&conversation, Role::Assistant, "x"),
             SlotGuard::Free,
-            None,
+            Vec::new(),
         )
         .await;
     assert!(matches!(again, Err(StoreError::Conflict)), "{again:?}");

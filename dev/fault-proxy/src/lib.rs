@@ -144,8 +144,9 @@ struct Proxy {
     /// error, restores a snapshot of the whole table: two requests in flight at
     /// once can fail each other ("dictionary changed size during iteration") or
     /// undo each other's writes. DynamoDB's transactions are atomic; forwarding
-    /// one request at a time makes the local server's so too.
-    serial: tokio::sync::Mutex<()>,
+    /// one write at a time, and reads only while no write is in flight, makes the
+    /// local server's so too. Reads go side by side: they only iterate.
+    serial: tokio::sync::RwLock<()>,
 }
 
 type Body = Full<Bytes>;
@@ -170,7 +171,7 @@ pub async fn serve(listener: TcpListener, upstream: Uri) -> io::Result<()> {
         upstream,
         client,
         faults: Mutex::new(Faults::default()),
-        serial: tokio::sync::Mutex::new(()),
+        serial: tokio::sync::RwLock::new(()),
     });
     loop {
         let (stream, _) = match listener.accept().await {
@@ -345,7 +346,17 @@ impl Proxy {
     }
 
     async fn exchange(&self, parts: &Parts, body: Bytes) -> Result<Response<Body>, String> {
-        let _one_at_a_time = self.serial.lock().await;
+        let read = parts
+            .headers
+            .get("x-amz-target")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit('.').next())
+            .is_some_and(|op| matches!(op, "GetItem" | "Query" | "Scan" | "BatchGetItem"));
+        let _one_write_at_a_time = if read {
+            Err(self.serial.read().await)
+        } else {
+            Ok(self.serial.write().await)
+        };
         let mut uri = self.upstream.clone().into_parts();
         uri.path_and_query = parts.uri.path_and_query().cloned();
         let uri = Uri::from_parts(uri).map_err(|e| e.to_string())?;

@@ -123,6 +123,26 @@ fn checkpoint_range(answer: Uuid) -> (String, String) {
     )
 }
 
+fn checkpoint_item(conversation: Uuid, answer: Uuid, c: &Checkpoint) -> Item {
+    let mut item = Item::from([
+        ("pk".to_owned(), s(conversation_pk(conversation))),
+        ("sk".to_owned(), s(checkpoint_sk(answer, c.seq))),
+        ("tokens".to_owned(), n(c.tokens)),
+        ("at".to_owned(), n(c.at_ms)),
+        (
+            "expires_at".to_owned(),
+            n(c.at_ms / 1000 + CHECKPOINT_TTL_SECS),
+        ),
+    ]);
+    if !c.text.is_empty() {
+        item.insert("text".to_owned(), s(&c.text));
+    }
+    if let Some(end) = &c.end {
+        item.insert("end".to_owned(), s(Value::Array(end.clone()).to_string()));
+    }
+    item
+}
+
 fn checkpoint_from(item: &Item) -> Result<Checkpoint, StoreError> {
     let seq = str_attr(item, "sk")
         .and_then(|sk| sk.rsplit('#').next())
@@ -235,12 +255,14 @@ impl Store {
         }
     }
 
-    /// What the generating function of `answer` must know: is it still the live
-    /// answer, and was it asked to stop. One strongly consistent GetItem.
+    /// Is `answer` still the live answer, and was it asked to stop: one GetItem
+    /// of the conversation item (strongly consistent for the generating function;
+    /// eventually, at half the price, for a resumed reader).
     pub async fn slot_state(
         &self,
         conversation: Uuid,
         answer: Uuid,
+        consistent: bool,
     ) -> Result<SlotState, StoreError> {
         let out = self
             .client
@@ -249,7 +271,7 @@ impl Store {
             .key("pk", s(conversation_pk(conversation)))
             .key("sk", s(META_SK))
             .projection_expression("live_id, live_stop")
-            .consistent_read(true)
+            .consistent_read(consistent)
             .send()
             .await
             .map_err(classify)?;
@@ -273,26 +295,58 @@ impl Store {
         answer: Uuid,
         checkpoint: &Checkpoint,
     ) -> Result<(), StoreError> {
-        let mut put = self
-            .client
+        self.client
             .put_item()
             .table_name(&self.table)
-            .item("pk", s(conversation_pk(conversation)))
-            .item("sk", s(checkpoint_sk(answer, checkpoint.seq)))
-            .item("tokens", n(checkpoint.tokens))
-            .item("at", n(checkpoint.at_ms))
-            .item(
-                "expires_at",
-                n(checkpoint.at_ms / 1000 + CHECKPOINT_TTL_SECS),
-            );
-        if !checkpoint.text.is_empty() {
-            put = put.item("text", s(&checkpoint.text));
-        }
-        if let Some(end) = &checkpoint.end {
-            put = put.item("end", s(Value::Array(end.clone()).to_string()));
-        }
-        put.send().await.map_err(classify)?;
+            .set_item(Some(checkpoint_item(conversation, answer, checkpoint)))
+            .send()
+            .await
+            .map_err(classify)?;
         Ok(())
+    }
+
+    /// A checkpoint's Put, for a transaction (an answer's last checkpoint goes
+    /// with the answer itself).
+    pub fn checkpoint_put(
+        &self,
+        conversation: Uuid,
+        answer: Uuid,
+        checkpoint: &Checkpoint,
+    ) -> Result<TransactWriteItem, StoreError> {
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(checkpoint_item(conversation, answer, checkpoint)))
+            .build()
+            .map_err(build_err)?;
+        Ok(TransactWriteItem::builder().put(put).build())
+    }
+
+    /// Empties the slot if it still holds `answer` and writes the answer's last
+    /// checkpoint, in one transaction (an answer that stored nothing). Already
+    /// released (settled by someone else) is fine: that one wrote its own.
+    pub async fn release_slot_with(
+        &self,
+        conversation: Uuid,
+        answer: Uuid,
+        last: &Checkpoint,
+    ) -> Result<(), StoreError> {
+        let update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(conversation_pk(conversation)))
+            .key("sk", s(META_SK))
+            .condition_expression("live_id = :a")
+            .update_expression("REMOVE live_id, live_at, live_deadline, live_stop")
+            .expression_attribute_values(":a", s(answer.to_string()))
+            .build()
+            .map_err(build_err)?;
+        let items = vec![
+            TransactWriteItem::builder().update(update).build(),
+            self.checkpoint_put(conversation, answer, last)?,
+        ];
+        match self.transact(items).await {
+            Ok(()) | Err(TxFailure::ConditionFailed(_)) => Ok(()),
+            Err(TxFailure::Store(e)) => Err(e),
+        }
     }
 
     /// The checkpoints of `answer` after `after` (all when `None`), in order,

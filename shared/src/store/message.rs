@@ -159,12 +159,20 @@ impl Store {
         message: &Message,
         title: Option<&str>,
     ) -> Result<(), StoreError> {
-        self.append_message_with(user, conversation, message, title, SlotGuard::Free, None)
-            .await
+        self.append_message_with(
+            user,
+            conversation,
+            message,
+            title,
+            SlotGuard::Free,
+            Vec::new(),
+        )
+        .await
     }
 
     /// [`Store::append_message`], conditional on the live slot as `guard` says,
-    /// with `extra` (an idempotency record's completion) in the same transaction.
+    /// with `extra` (an idempotency record's completion, an answer's last
+    /// checkpoint) in the same transaction.
     pub async fn append_message_with(
         &self,
         user: Uuid,
@@ -172,7 +180,7 @@ impl Store {
         message: &Message,
         title: Option<&str>,
         guard: SlotGuard,
-        extra: Option<TransactWriteItem>,
+        extra: Vec<TransactWriteItem>,
     ) -> Result<(), StoreError> {
         let mut title = title;
         let (slot_condition, slot_update, slot) = guard.clauses();
@@ -229,7 +237,7 @@ impl Store {
         }: Replacing,
         answer: &Message,
         guard: SlotGuard,
-        extra: Option<TransactWriteItem>,
+        extra: Vec<TransactWriteItem>,
     ) -> Result<(), StoreError> {
         let updated_at = time_fmt::format(time_fmt::after(Some(&conversation.updated_at)));
         let (slot_condition, slot_update, slot) = guard.clauses();
