@@ -25,12 +25,14 @@ fi
 # would starve the other tests' requests on two cores, and its figures mean more
 # on a quiet stack) and e2e_live_kill (it kills the stack's `send` processes).
 status=0
-alone='binary(e2e_load) | binary(e2e_live_kill)'
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast --test-threads 8 -E "not ($alone)" || status=$?
-  cargo nextest run -p samosachaat --no-fail-fast --test-threads 1 -E "$alone" || status=$?
+  cargo nextest run --workspace --no-fail-fast --test-threads 8 \
+    -E 'not (binary(e2e_load) | binary(e2e_live_kill))' || status=$?
+  cargo nextest run -p samosachaat --no-fail-fast -E 'binary(e2e_load)' || status=$?
+  cargo nextest run -p samosachaat --no-fail-fast -E 'binary(e2e_live_kill)' || status=$?
 else
   cargo test --workspace --no-fail-fast -- --skip a_killed_function --skip fifty_concurrent || status=$?
-  cargo test -p samosachaat --test e2e_load --test e2e_live_kill -- --test-threads 1 || status=$?
+  cargo test -p samosachaat --test e2e_load || status=$?
+  cargo test -p samosachaat --test e2e_live_kill || status=$?
 fi
 exit "$status"
