@@ -191,32 +191,20 @@ impl Store {
     /// The keys of every item left in a conversation's partition (messages and
     /// live answers' checkpoints), following the Query's pages to the end.
     async fn partition_keys(&self, id: Uuid) -> Result<Vec<Item>, StoreError> {
-        let mut keys = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk")
-                .expression_attribute_values(":pk", s(conversation_pk(id)))
-                .projection_expression("pk, sk")
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(classify)?;
-            keys.extend(
-                out.items()
-                    .iter()
-                    .filter(|k| str_attr(k, "sk") != Some(META_SK))
-                    .cloned(),
-            );
-            match out.last_evaluated_key() {
-                Some(key) if !key.is_empty() => start = Some(key.clone()),
-                _ => return Ok(keys),
-            }
-        }
+        let keys = self
+            .query_all(|| {
+                self.client
+                    .query()
+                    .key_condition_expression("pk = :pk")
+                    .expression_attribute_values(":pk", s(conversation_pk(id)))
+                    .projection_expression("pk, sk")
+                    .consistent_read(true)
+            })
+            .await?;
+        Ok(keys
+            .into_iter()
+            .filter(|k| str_attr(k, "sk") != Some(META_SK))
+            .collect())
     }
 
     pub(super) async fn batch_delete(&self, keys: &[Item]) -> Result<(), StoreError> {

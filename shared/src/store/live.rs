@@ -208,8 +208,9 @@ impl Store {
     }
 
     /// Empties the slot if it still holds `answer` (a claim whose request was then
-    /// refused, or an answer that stored nothing). Already empty is fine.
-    pub async fn release_slot(&self, conversation: Uuid, answer: Uuid) -> Result<(), StoreError> {
+    /// refused, an answer that stored nothing, an ended one); `false` when it no
+    /// longer did, which is fine too.
+    pub async fn release_slot(&self, conversation: Uuid, answer: Uuid) -> Result<bool, StoreError> {
         let released = self
             .client
             .update_item()
@@ -223,7 +224,8 @@ impl Store {
             .await
             .map_err(classify);
         match released {
-            Ok(_) | Err(StoreError::NotFound) => Ok(()),
+            Ok(_) => Ok(true),
+            Err(StoreError::NotFound) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -364,30 +366,18 @@ impl Store {
             Some(seq) => format!("{}!", checkpoint_sk(answer, seq)),
             None => from,
         };
-        let mut out = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
-                .expression_attribute_values(":pk", s(conversation_pk(conversation)))
-                .expression_attribute_values(":from", s(&from))
-                .expression_attribute_values(":to", s(&to))
-                .consistent_read(consistent)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(classify)?;
-            for item in page.items() {
-                out.push(checkpoint_from(item)?);
-            }
-            match page.last_evaluated_key() {
-                Some(key) if !key.is_empty() => start = Some(key.clone()),
-                _ => return Ok(out),
-            }
-        }
+        let items = self
+            .query_all(|| {
+                self.client
+                    .query()
+                    .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
+                    .expression_attribute_values(":pk", s(conversation_pk(conversation)))
+                    .expression_attribute_values(":from", s(&from))
+                    .expression_attribute_values(":to", s(&to))
+                    .consistent_read(consistent)
+            })
+            .await?;
+        items.iter().map(checkpoint_from).collect()
     }
 
     /// Deletes the first `count` checkpoints of `answer`: a function whose
@@ -451,7 +441,7 @@ impl Store {
             .await?;
         if checkpoints.iter().any(|c| c.end.is_some()) {
             // It finished; only its slot release may be missing (checked below).
-            return self.release_if_held(conversation.id, slot.id).await;
+            return self.release_slot(conversation.id, slot.id).await;
         }
         let text: String = checkpoints.iter().map(|c| c.text.as_str()).collect();
         let tokens = checkpoints.last().map_or(0, |c| c.tokens);
@@ -479,7 +469,7 @@ impl Store {
             };
             self.store_settled(conversation, &answer).await?
         } else {
-            self.release_if_held(conversation.id, slot.id).await?
+            self.release_slot(conversation.id, slot.id).await?
         };
         if settled {
             let mut end = vec![serde_json::json!({ "error": "inference_interrupted" })];
@@ -498,26 +488,6 @@ impl Store {
             self.put_checkpoint(conversation.id, slot.id, &last).await?;
         }
         Ok(settled)
-    }
-
-    async fn release_if_held(&self, conversation: Uuid, answer: Uuid) -> Result<bool, StoreError> {
-        let released = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(conversation_pk(conversation)))
-            .key("sk", s(META_SK))
-            .condition_expression("live_id = :a")
-            .update_expression("REMOVE live_id, live_at, live_deadline, live_stop")
-            .expression_attribute_values(":a", s(answer.to_string()))
-            .send()
-            .await
-            .map_err(classify);
-        match released {
-            Ok(_) => Ok(true),
-            Err(StoreError::NotFound) => Ok(false),
-            Err(e) => Err(e),
-        }
     }
 
     async fn store_settled(

@@ -125,29 +125,17 @@ impl Store {
 
     /// Every message of a conversation, oldest first, however many pages it takes.
     pub async fn all_messages(&self, id: Uuid) -> Result<Vec<Message>, StoreError> {
-        let mut messages = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND begins_with(sk, :m)")
-                .expression_attribute_values(":pk", s(conversation_pk(id)))
-                .expression_attribute_values(":m", s(MSG_PREFIX))
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(classify)?;
-            for item in out.items() {
-                messages.push(message_from(item)?);
-            }
-            match out.last_evaluated_key() {
-                Some(key) if !key.is_empty() => start = Some(key.clone()),
-                _ => return Ok(messages),
-            }
-        }
+        let items = self
+            .query_all(|| {
+                self.client
+                    .query()
+                    .key_condition_expression("pk = :pk AND begins_with(sk, :m)")
+                    .expression_attribute_values(":pk", s(conversation_pk(id)))
+                    .expression_attribute_values(":m", s(MSG_PREFIX))
+                    .consistent_read(true)
+            })
+            .await?;
+        items.iter().map(message_from).collect()
     }
 
     /// Stores a message at the end of the conversation and moves `updated_at`;

@@ -101,6 +101,29 @@ impl Store {
         }
     }
 
+    /// Every item a Query returns, following its pages to the end. `query` builds
+    /// the request; the page's start key is added here.
+    async fn query_all(
+        &self,
+        query: impl Fn() -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
+    ) -> Result<Vec<Item>, StoreError> {
+        let mut items = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let out = query()
+                .table_name(&self.table)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(classify)?;
+            items.extend(out.items().iter().cloned());
+            match out.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => return Ok(items),
+            }
+        }
+    }
+
     /// Runs a transaction, trying again with backoff while it loses to a
     /// concurrent one on the same conversation item.
     async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<(), TxFailure> {
