@@ -2,8 +2,8 @@
 //! settled `incomplete` by the next request that meets the answer, and the
 //! conversation is not blocked.
 //!
-//! It kills every `send` process of the test stack, so `scripts/test.sh` runs it
-//! on its own, after the other tests.
+//! It kills the `send` process with an open connection to the mock upstream, so
+//! `scripts/test.sh` runs it on its own, after the other tests.
 
 mod common;
 
@@ -12,9 +12,23 @@ use std::time::Duration;
 use common::{eventually, s, Stack};
 use serde_json::{json, Value};
 
-/// The pids of the test stack's `send` function processes: children of the
-/// `cargo lambda watch` serving the stack's function port.
-fn send_processes(port: &str) -> Vec<String> {
+/// The pids of the test stack's `send` function processes (children of the
+/// `cargo lambda watch` serving the stack's function port) that hold an open
+/// connection to the mock upstream: the one generating this test's answer.
+fn generating_processes(port: &str, upstream_port: u16) -> Vec<String> {
+    // Sockets connected to the upstream, by inode (/proc/net/tcp: hex
+    // addresses, state 01 = established).
+    let tcp = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let sockets: Vec<String> = tcp
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let remote_port = f.get(2)?.rsplit(':').next()?;
+            (u16::from_str_radix(remote_port, 16).ok()? == upstream_port && f.get(3)? == &"01")
+                .then(|| format!("socket:[{}]", f.get(9).unwrap_or(&"")))
+        })
+        .collect();
     let mut watch = Vec::new();
     let mut children = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("/proc") {
@@ -50,7 +64,15 @@ fn send_processes(port: &str) -> Vec<String> {
     }
     children
         .into_iter()
-        .filter(|(_, ppid)| watch.contains(ppid))
+        .filter(|(pid, ppid)| {
+            watch.contains(ppid)
+                && std::fs::read_dir(format!("/proc/{pid}/fd"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                    .any(|target| sockets.contains(&target.to_string_lossy().into_owned()))
+        })
         .map(|(pid, _)| pid)
         .collect()
 }
@@ -111,10 +133,17 @@ async fn a_killed_function_loses_at_most_its_last_checkpoint_interval() {
         })
         .await
     );
-    let pids = send_processes(&port);
-    assert!(
-        !pids.is_empty(),
-        "no send process of the stack on port {port}"
+    let upstream_port: u16 = stack
+        .mock
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .expect("mock port");
+    let pids = generating_processes(&port, upstream_port);
+    assert_eq!(
+        pids.len(),
+        1,
+        "the one send process generating the answer: {pids:?}"
     );
     for pid in &pids {
         let status = std::process::Command::new("kill")
