@@ -15,6 +15,10 @@ cargo clippy --quiet --workspace --all-targets -- -D warnings
 # a stack left over from earlier runs slows the end-to-end tests into timeouts.
 scripts/stack.sh down test >/dev/null 2>&1 || true
 scripts/stack.sh up test
+# The tests find the stack through STACK_DIR (a shifted stack has its own).
+shift_by="${STACK_PORT_SHIFT:-0}"
+export STACK_DIR="$root/.stack/test"
+[ "$shift_by" = 0 ] || STACK_DIR="$STACK_DIR-$shift_by"
 trap 'scripts/stack.sh down test >/dev/null' EXIT
 
 if [ -f template.yaml ]; then

@@ -351,6 +351,18 @@ async fn every_bad_input_of_the_spec_is_refused_and_writes_nothing() {
                     json_bytes(json!({"title": content})),
                 ),
                 ("conversations", Method::DELETE, conversation_path(id), None),
+                (
+                    "conversations",
+                    Method::POST,
+                    format!("{}/stop", conversation_path(id)),
+                    None,
+                ),
+                (
+                    "send",
+                    Method::GET,
+                    format!("{}/stream", conversation_path(id)),
+                    None,
+                ),
             ];
             for (function, method, path, body) in rows {
                 cases.push(Case {
@@ -699,6 +711,26 @@ async fn every_bad_input_of_the_spec_is_refused_and_writes_nothing() {
         ("conversations", Method::PATCH, "/api/conversations".into()),
         ("conversations", Method::POST, conversation_path(&own_s)),
         ("conversations", Method::PATCH, conversation_path(&own_s)),
+        (
+            "conversations",
+            Method::GET,
+            format!("{}/stop", conversation_path(&own_s)),
+        ),
+        (
+            "conversations",
+            Method::DELETE,
+            format!("{}/stop", conversation_path(&own_s)),
+        ),
+        (
+            "send",
+            Method::POST,
+            format!("{}/stream", conversation_path(&own_s)),
+        ),
+        (
+            "send",
+            Method::DELETE,
+            format!("{}/stream", conversation_path(&own_s)),
+        ),
     ] {
         for (name, auth) in [
             ("wrong method", auth.clone()),
