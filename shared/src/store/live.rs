@@ -195,11 +195,9 @@ impl Store {
             .map_err(classify);
         match claimed {
             Ok(_) => Ok(SlotClaim::Claimed),
+            // Busy with another answer, or released between the two requests
+            // (`live` empty): the caller settles or simply retries.
             Err(StoreError::NotFound) => match self.get_conversation(user, conversation).await? {
-                Some(c) if c.live.as_ref().is_some_and(|slot| slot.id != answer) => {
-                    Ok(SlotClaim::Busy(c))
-                }
-                // Released between the two requests: the caller may simply retry.
                 Some(c) => Ok(SlotClaim::Busy(c)),
                 None => Ok(SlotClaim::Missing),
             },
