@@ -23,6 +23,8 @@ use crate::prompt::Role;
 use crate::time_fmt;
 
 const LIVE_PREFIX: &str = "L#";
+/// The update that empties a conversation's live slot.
+const RELEASE: &str = "REMOVE live_id, live_at, live_deadline, live_stop";
 /// How long checkpoint items are kept after they are written. A dead answer is
 /// settled from them, so they must outlive any realistic wait for a next request;
 /// after that DynamoDB's TTL sweep removes them without consuming write units.
@@ -102,12 +104,18 @@ impl SlotGuard {
         match self {
             Self::Free => (None, None, None),
             Self::Holds(id) => (Some("live_id = :live"), None, Some(id)),
-            Self::Ends(id) => (
-                Some("live_id = :live"),
-                Some("REMOVE live_id, live_at, live_deadline, live_stop"),
-                Some(id),
-            ),
+            Self::Ends(id) => (Some("live_id = :live"), Some(RELEASE), Some(id)),
         }
+    }
+}
+
+/// A conditional write on the slot: `false` when its condition failed (the slot
+/// no longer holds the answer).
+fn held<T>(written: Result<T, StoreError>) -> Result<bool, StoreError> {
+    match written {
+        Ok(_) => Ok(true),
+        Err(StoreError::NotFound) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -216,16 +224,12 @@ impl Store {
             .key("pk", s(conversation_pk(conversation)))
             .key("sk", s(META_SK))
             .condition_expression("live_id = :a")
-            .update_expression("REMOVE live_id, live_at, live_deadline, live_stop")
+            .update_expression(RELEASE)
             .expression_attribute_values(":a", s(answer.to_string()))
             .send()
             .await
             .map_err(classify);
-        match released {
-            Ok(_) => Ok(true),
-            Err(StoreError::NotFound) => Ok(false),
-            Err(e) => Err(e),
-        }
+        held(released)
     }
 
     /// Records a stop for `answer`; `false` when the slot no longer holds it.
@@ -248,11 +252,7 @@ impl Store {
             .send()
             .await
             .map_err(classify);
-        match result {
-            Ok(_) => Ok(true),
-            Err(StoreError::NotFound) => Ok(false),
-            Err(e) => Err(e),
-        }
+        held(result)
     }
 
     /// Is `answer` still the live answer, and was it asked to stop: one GetItem
@@ -335,7 +335,7 @@ impl Store {
             .key("pk", s(conversation_pk(conversation)))
             .key("sk", s(META_SK))
             .condition_expression("live_id = :a")
-            .update_expression("REMOVE live_id, live_at, live_deadline, live_stop")
+            .update_expression(RELEASE)
             .expression_attribute_values(":a", s(answer.to_string()))
             .build()
             .map_err(build_err)?;
@@ -465,7 +465,18 @@ impl Store {
                 created_at: time_fmt::of_id(slot.id),
                 status: MessageStatus::Incomplete,
             };
-            self.store_settled(conversation, &answer).await?
+            // The answer's own write, as its function would have made it.
+            held(
+                self.append_message_with(
+                    conversation.user_id,
+                    conversation,
+                    &answer,
+                    None,
+                    SlotGuard::Ends(slot.id),
+                    Vec::new(),
+                )
+                .await,
+            )?
         } else {
             self.release_slot(conversation.id, slot.id).await?
         };
@@ -486,42 +497,6 @@ impl Store {
             self.put_checkpoint(conversation.id, slot.id, &last).await?;
         }
         Ok(settled)
-    }
-
-    async fn store_settled(
-        &self,
-        conversation: &Conversation,
-        answer: &Message,
-    ) -> Result<bool, StoreError> {
-        let updated_at = time_fmt::format(time_fmt::after(Some(&conversation.updated_at)));
-        let update = Update::builder()
-            .table_name(&self.table)
-            .key("pk", s(conversation_pk(conversation.id)))
-            .key("sk", s(META_SK))
-            .condition_expression("live_id = :a")
-            .update_expression(
-                "SET updated_at = :now, last_message_id = :a \
-                 REMOVE live_id, live_at, live_deadline, live_stop",
-            )
-            .expression_attribute_values(":a", s(answer.id.to_string()))
-            .expression_attribute_values(":now", s(updated_at))
-            .build()
-            .map_err(build_err)?;
-        let put = Put::builder()
-            .table_name(&self.table)
-            .set_item(Some(super::message::message_item(answer)))
-            .condition_expression("attribute_not_exists(pk)")
-            .build()
-            .map_err(build_err)?;
-        let items = vec![
-            TransactWriteItem::builder().update(update).build(),
-            TransactWriteItem::builder().put(put).build(),
-        ];
-        match self.transact(items).await {
-            Ok(()) => Ok(true),
-            Err(TxFailure::ConditionFailed(_)) => Ok(false),
-            Err(TxFailure::Store(e)) => Err(e),
-        }
     }
 
     /// One message, strongly consistent.
