@@ -60,16 +60,21 @@ pub async fn assess(
     slot: &LiveSlot,
 ) -> Result<Liveness, StoreError> {
     let newest = state.store.newest_checkpoint(conversation, slot.id).await?;
-    if newest.as_ref().is_some_and(|c| c.end.is_some()) {
-        return Ok(Liveness::Ended);
+    Ok(liveness(state, slot, newest.as_ref()))
+}
+
+/// What the slot and its newest checkpoint say about the answer.
+fn liveness(state: &AppState, slot: &LiveSlot, newest: Option<&Checkpoint>) -> Liveness {
+    if newest.is_some_and(|c| c.end.is_some()) {
+        return Liveness::Ended;
     }
     let beat = newest.map_or(slot.since_ms, |c| c.at_ms.max(slot.since_ms));
     let now = time_fmt::now_ms();
     let stale = u64::try_from(state.config.live_stale_after.as_millis()).unwrap_or(u64::MAX);
     if now > slot.deadline_ms || now.saturating_sub(beat) > stale {
-        Ok(Liveness::Dead)
+        Liveness::Dead
     } else {
-        Ok(Liveness::Live)
+        Liveness::Live
     }
 }
 
@@ -80,7 +85,17 @@ pub async fn settle(
     conversation: &Conversation,
     slot: &LiveSlot,
 ) -> Result<bool, StoreError> {
-    match assess(state, conversation.id, slot).await? {
+    let liveness = assess(state, conversation.id, slot).await?;
+    settle_as(state, conversation, slot, liveness).await
+}
+
+async fn settle_as(
+    state: &AppState,
+    conversation: &Conversation,
+    slot: &LiveSlot,
+    liveness: Liveness,
+) -> Result<bool, StoreError> {
+    match liveness {
         Liveness::Live => Ok(false),
         liveness => {
             let settled = state.store.settle(conversation, slot).await?;
@@ -170,13 +185,15 @@ pub async fn with_live_answer(
     let Some(slot) = &conversation.live else {
         return Ok(None);
     };
-    if settle(state, conversation, slot).await? {
-        return Ok(None);
-    }
+    // One read of its checkpoints gives both its liveness and its text.
     let checkpoints = state
         .store
         .checkpoints(conversation.id, slot.id, None, true)
         .await?;
+    let now = liveness(state, slot, checkpoints.last());
+    if settle_as(state, conversation, slot, now).await? {
+        return Ok(None);
+    }
     Ok(Some(crate::store::Message {
         id: slot.id,
         conversation_id: conversation.id,
