@@ -291,6 +291,10 @@ pub fn error_response<B: From<String>>(err: &ApiError) -> Response<B> {
         resp.headers_mut()
             .insert(http::header::ALLOW, HeaderValue::from_static("POST"));
     }
+    if let Some(secs) = err.retry_after() {
+        resp.headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     resp
 }
 
@@ -317,6 +321,13 @@ pub fn apply_cors<B>(config: &Config, request: &HeaderMap, resp: &mut Response<B
             .insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         resp.headers_mut()
             .append(VARY, HeaderValue::from_static("origin"));
+        // A page told to wait (429) can read how long.
+        if resp.headers().contains_key(http::header::RETRY_AFTER) {
+            resp.headers_mut().insert(
+                http::header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static("retry-after"),
+            );
+        }
     }
 }
 

@@ -22,6 +22,7 @@ use uuid::Uuid;
 use crate::api::{self, ChatParams, ResponseBody};
 use crate::error::ApiError;
 use crate::inference::InferenceRequest;
+use crate::limits::{self, Admission};
 use crate::live::{self, Checkpointer};
 use crate::prompt::{self, Role, Turn, DEFAULT_TITLE};
 use crate::relay::{self, Ending, Interrupt, Outcome, Sink, Timing};
@@ -64,6 +65,8 @@ struct Job {
     request: InferenceRequest,
     persist: Persist,
     idempotency: Option<IdempotencyKey>,
+    /// Its place among the user's generating answers, given back at the end.
+    admission: Admission,
 }
 
 /// `POST /api/conversations/{id}/messages`, and `GET .../stream` (resume).
@@ -119,7 +122,13 @@ async fn prepare_send(state: &Arc<AppState>, req: &Request) -> Result<Prepared, 
     // Made in this order, so the answer sorts after its question.
     let question = Uuid::now_v7();
     let answer = Uuid::now_v7();
-    let ctx = load_and_claim(state, user, id, answer).await?;
+    let (ctx, admission) = match load_and_claim(state, user, id, answer).await {
+        Ok(loaded) => loaded,
+        Err(refused) => {
+            let fingerprint = || fingerprint("send", id, Some(&body.content), &body.params);
+            return replay_if_refused(state, user, key, fingerprint, refused).await;
+        }
+    };
     let prepared = async {
         let conversation = ctx.conversation;
         let message = Message {
@@ -153,10 +162,11 @@ async fn prepare_send(state: &Arc<AppState>, req: &Request) -> Result<Prepared, 
             request,
             persist: Persist::Append,
             idempotency,
+            admission: admission.clone(),
         })))
     }
     .await;
-    keep_slot_if_streaming(state, id, answer, prepared).await
+    keep_slot_if_streaming(state, id, answer, &admission, prepared).await
 }
 
 async fn prepare_regenerate(state: &Arc<AppState>, req: &Request) -> Result<Prepared, ApiError> {
@@ -169,7 +179,11 @@ async fn prepare_regenerate(state: &Arc<AppState>, req: &Request) -> Result<Prep
     let params = api::decode_regenerate(api::body_bytes(req)?)?;
     let key = api::idempotency_key(req.headers())?;
     let answer = Uuid::now_v7();
-    let ctx = load_and_claim(state, user, id, answer).await?;
+    let fingerprint = || fingerprint("regenerate", id, None, &params);
+    let (ctx, admission) = match load_and_claim(state, user, id, answer).await {
+        Ok(loaded) => loaded,
+        Err(refused) => return replay_if_refused(state, user, key, fingerprint, refused).await,
+    };
 
     let prepared = async {
         let no_user_message =
@@ -187,11 +201,7 @@ async fn prepare_regenerate(state: &Arc<AppState>, req: &Request) -> Result<Prep
             replaces: (last.role == Role::Assistant).then_some(last.id),
         });
         let turns: Vec<Turn> = ctx.recent[..=last_user].iter().map(Message::turn).collect();
-        let idempotency = match claim(state, user, key, || {
-            fingerprint("regenerate", id, None, &params)
-        })
-        .await?
-        {
+        let idempotency = match claim(state, user, key, fingerprint).await? {
             Ok(idempotency) => idempotency,
             Err(replay) => return Ok(Prepared::Replay(replay)),
         };
@@ -205,28 +215,72 @@ async fn prepare_regenerate(state: &Arc<AppState>, req: &Request) -> Result<Prep
             request,
             persist,
             idempotency,
+            admission: admission.clone(),
         })))
     }
     .await;
-    keep_slot_if_streaming(state, id, answer, prepared).await
+    keep_slot_if_streaming(state, id, answer, &admission, prepared).await
 }
 
-/// The one DynamoDB round trip before the upstream call: the chat Query and the
-/// claim of the conversation's live slot for `answer`, side by side. When the
-/// claim had to settle a dead answer first, the conversation is read again.
+/// The one DynamoDB round trip before the upstream call: the chat Query, the
+/// claim of the conversation's live slot for `answer` and the user's limits
+/// ([`limits::admit`]), side by side. When the claim had to settle a dead answer
+/// first, the conversation is read again. A refused request keeps nothing: the
+/// slot is released and the admission given back.
 async fn load_and_claim(
     state: &AppState,
     user: Uuid,
     id: Uuid,
     answer: Uuid,
-) -> Result<ChatContext, ApiError> {
+) -> Result<(ChatContext, Admission), ApiError> {
     // The history needs the newest `max_history - 1` stored messages besides the
     // new one; one more is read so regenerate and send share the Query shape.
     let limit = state.config.max_history + 1;
-    let (ctx, claimed) = tokio::join!(
+    let (ctx, claimed, admitted) = tokio::join!(
         state.store.load_chat(user, id, limit),
-        live::claim(state, user, id, answer)
+        live::claim(state, user, id, answer),
+        limits::admit(state, user, id, answer),
     );
+    // Someone else's or a missing conversation is a 404 before it is a 429.
+    let refused = match (&ctx, &claimed, admitted) {
+        (Ok(None), _, admitted) | (_, Err(ApiError::NotFound), admitted) => {
+            Err((ApiError::NotFound, admitted.ok()))
+        }
+        (_, _, Err(refused)) => Err((refused, None)),
+        (_, _, Ok(admission)) => Ok(admission),
+    };
+    let admission = match refused {
+        Ok(admission) => admission,
+        Err((err, admission)) => {
+            if let Some(admission) = admission {
+                admission.refund(state).await;
+            }
+            if claimed.is_ok() {
+                release(state, id, answer).await;
+            }
+            return Err(err);
+        }
+    };
+    let loaded = load_claimed(state, user, id, answer, ctx, claimed).await;
+    match loaded {
+        Ok(ctx) => Ok((ctx, admission)),
+        Err(e) => {
+            admission.refund(state).await;
+            Err(e)
+        }
+    }
+}
+
+/// The conversation as the request sees it once its slot is claimed.
+async fn load_claimed(
+    state: &AppState,
+    user: Uuid,
+    id: Uuid,
+    answer: Uuid,
+    ctx: Result<Option<ChatContext>, StoreError>,
+    claimed: Result<bool, ApiError>,
+) -> Result<ChatContext, ApiError> {
+    let limit = state.config.max_history + 1;
     // A failed claim holds nothing: there is nothing to give back.
     let settled = claimed?;
     let ctx = match ctx {
@@ -245,18 +299,52 @@ async fn load_and_claim(
     ctx
 }
 
-/// A request that claimed the live slot but will not stream gives it back, so
-/// a refused request changes nothing.
+/// A request that claimed the live slot but will not stream gives it back, and
+/// its admission, so a refused request (or a replay) changes nothing.
 async fn keep_slot_if_streaming(
     state: &AppState,
     id: Uuid,
     answer: Uuid,
+    admission: &Admission,
     prepared: Result<Prepared, ApiError>,
 ) -> Result<Prepared, ApiError> {
     if !matches!(prepared, Ok(Prepared::Stream(_))) {
-        release(state, id, answer).await;
+        tokio::join!(release(state, id, answer), admission.refund(state));
     }
     prepared
+}
+
+/// A request over a limit may still be the retry of one that was counted: its
+/// `Idempotency-Key` record answers it (a replay, or 409 while it runs) without
+/// counting it again. Any other refusal stands.
+async fn replay_if_refused(
+    state: &AppState,
+    user: Uuid,
+    key: Option<String>,
+    fingerprint: impl FnOnce() -> String,
+    refused: ApiError,
+) -> Result<Prepared, ApiError> {
+    let (ApiError::TooManyRequests { .. }, Some(key)) = (&refused, key) else {
+        return Err(refused);
+    };
+    let key = IdempotencyKey {
+        user,
+        key,
+        fingerprint: fingerprint(),
+    };
+    match state.store.recorded(&key).await {
+        Ok(Some(Claim::Finished(replay))) => Ok(Prepared::Replay(replay)),
+        Ok(Some(Claim::Running)) => Err(in_progress()),
+        Ok(_) => Err(refused),
+        Err(e) => {
+            warn!(error = %e, "idempotency record not read");
+            Err(refused)
+        }
+    }
+}
+
+fn in_progress() -> ApiError {
+    ApiError::Conflict("a request with this Idempotency-Key is still in progress".into())
 }
 
 async fn release(state: &AppState, id: Uuid, answer: Uuid) {
@@ -307,9 +395,7 @@ async fn claim(
     match state.store.claim(&key).await? {
         Claim::New => Ok(Ok(Some(key))),
         Claim::Finished(replay) => Ok(Err(replay)),
-        Claim::Running => Err(ApiError::Conflict(
-            "a request with this Idempotency-Key is still in progress".into(),
-        )),
+        Claim::Running => Err(in_progress()),
         Claim::Mismatch => Err(ApiError::invalid(
             "Idempotency-Key: already used for a different request",
         )),
@@ -334,7 +420,16 @@ fn open_stream(job: Job) -> Response<ResponseBody> {
         user_id = %job.user,
         kind = if job.user_message.is_some() { "send" } else { "regenerate" },
     );
-    tokio::spawn(run(job, Sink::new(tx)).instrument(span));
+    // The stream stays open until the answer has left the user's generating
+    // set: after `done`, one more write, and the invocation is over.
+    let open = tx.clone();
+    let (state, admission) = (job.state.clone(), job.admission.clone());
+    let work = async move {
+        run(job, Sink::new(tx)).await;
+        admission.finish(&state).await;
+        drop(open);
+    };
+    tokio::spawn(work.instrument(span));
     stream_response(rx)
 }
 

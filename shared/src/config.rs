@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::limits::Limits;
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error("configuration: {0} is required but not set")]
@@ -49,6 +51,8 @@ pub struct Config {
     /// A live answer with no checkpoint for this long is taken for dead (its
     /// function gone) and settled by the next request that meets it.
     pub live_stale_after: Duration,
+    /// Per-user limits on what reaches the upstream.
+    pub limits: Limits,
 }
 
 impl Config {
@@ -137,6 +141,12 @@ impl Config {
             ));
         }
 
+        let limits = Limits {
+            per_minute: bounded("RATE_LIMIT_PER_MINUTE", get, 20, 1_000)?,
+            per_day: bounded("DAILY_MESSAGE_QUOTA", get, 500, 10_000_000)?,
+            concurrent: bounded("MAX_CONCURRENT_ANSWERS", get, 2, 100)?,
+        };
+
         Ok(Config {
             table_name: required("TABLE_NAME")?,
             inference_url,
@@ -163,6 +173,7 @@ impl Config {
             inference_connect_timeout: Duration::from_millis(connect_ms),
             checkpoint_interval: Duration::from_millis(checkpoint_ms),
             live_stale_after: Duration::from_millis(stale_ms),
+            limits,
         })
     }
 }
@@ -172,6 +183,23 @@ fn invalid(name: &'static str, reason: &str) -> ConfigError {
         name,
         reason: reason.to_owned(),
     }
+}
+
+/// A count within `1..=max`: zero would refuse everything, so it is refused.
+fn bounded(
+    name: &'static str,
+    get: impl Fn(&'static str) -> Option<String>,
+    default: u32,
+    max: u32,
+) -> Result<u32, ConfigError> {
+    let value: u32 = parse_or(name, get, default)?;
+    if !(1..=max).contains(&value) {
+        return Err(ConfigError::Invalid {
+            name,
+            reason: format!("must be within 1..{max}"),
+        });
+    }
+    Ok(value)
 }
 
 fn parse_or<T: std::str::FromStr>(
@@ -220,6 +248,14 @@ pub(crate) mod tests {
         assert_eq!(c.ping_interval, Duration::from_secs(15));
         assert_eq!(c.checkpoint_interval, Duration::from_secs(1));
         assert_eq!(c.live_stale_after, Duration::from_secs(30));
+        assert_eq!(
+            c.limits,
+            Limits {
+                per_minute: 20,
+                per_day: 500,
+                concurrent: 2
+            }
+        );
     }
 
     #[test]
@@ -259,6 +295,41 @@ pub(crate) mod tests {
                 "CHECKPOINT_INTERVAL_MS",
             ),
             ("LIVE_STALE_AFTER_MS", Some("2999"), "LIVE_STALE_AFTER_MS"),
+            ("RATE_LIMIT_PER_MINUTE", Some("0"), "RATE_LIMIT_PER_MINUTE"),
+            ("RATE_LIMIT_PER_MINUTE", Some("-1"), "RATE_LIMIT_PER_MINUTE"),
+            (
+                "RATE_LIMIT_PER_MINUTE",
+                Some("lots"),
+                "RATE_LIMIT_PER_MINUTE",
+            ),
+            (
+                "RATE_LIMIT_PER_MINUTE",
+                Some("1001"),
+                "RATE_LIMIT_PER_MINUTE",
+            ),
+            ("DAILY_MESSAGE_QUOTA", Some("0"), "DAILY_MESSAGE_QUOTA"),
+            ("DAILY_MESSAGE_QUOTA", Some("-500"), "DAILY_MESSAGE_QUOTA"),
+            ("DAILY_MESSAGE_QUOTA", Some("1e3"), "DAILY_MESSAGE_QUOTA"),
+            (
+                "MAX_CONCURRENT_ANSWERS",
+                Some("0"),
+                "MAX_CONCURRENT_ANSWERS",
+            ),
+            (
+                "MAX_CONCURRENT_ANSWERS",
+                Some("-2"),
+                "MAX_CONCURRENT_ANSWERS",
+            ),
+            (
+                "MAX_CONCURRENT_ANSWERS",
+                Some("two"),
+                "MAX_CONCURRENT_ANSWERS",
+            ),
+            (
+                "MAX_CONCURRENT_ANSWERS",
+                Some("101"),
+                "MAX_CONCURRENT_ANSWERS",
+            ),
         ];
         for (name, value, expect) in cases {
             let mut env = base();

@@ -13,6 +13,7 @@ pub mod config;
 pub mod conversations;
 pub mod error;
 pub mod inference;
+pub mod limits;
 pub mod live;
 pub mod prompt;
 pub mod relay;

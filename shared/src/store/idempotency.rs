@@ -3,7 +3,7 @@
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
 use uuid::Uuid;
 
-use super::{build_err, classify, s, str_attr, Store, StoreError, META_SK};
+use super::{build_err, classify, num_attr, s, str_attr, Store, StoreError, META_SK};
 use crate::time_fmt;
 
 /// How long an `Idempotency-Key` is remembered.
@@ -77,6 +77,13 @@ impl Store {
                 other => return Err(other),
             },
         }
+        // Gone between the two requests (swept): the caller may simply retry.
+        Ok(self.recorded(key).await?.unwrap_or(Claim::Running))
+    }
+
+    /// What the key's record says, read strongly consistent; `None` when there
+    /// is no live record.
+    pub async fn recorded(&self, key: &IdempotencyKey) -> Result<Option<Claim>, StoreError> {
         let out = self
             .client
             .get_item()
@@ -87,22 +94,26 @@ impl Store {
             .send()
             .await
             .map_err(classify)?;
-        // Gone between the two requests (swept): the caller may simply retry.
+        let now = time_fmt::now().unix_timestamp();
         let Some(item) = out.item() else {
-            return Ok(Claim::Running);
+            return Ok(None);
         };
+        if num_attr(item, "expires_at").is_some_and(|at| i64::try_from(at).is_ok_and(|at| at < now))
+        {
+            return Ok(None);
+        }
         if str_attr(item, "fingerprint") != Some(key.fingerprint.as_str()) {
-            return Ok(Claim::Mismatch);
+            return Ok(Some(Claim::Mismatch));
         }
         if str_attr(item, "state") != Some("finished") {
-            return Ok(Claim::Running);
+            return Ok(Some(Claim::Running));
         }
-        Ok(Claim::Finished(Replay {
+        Ok(Some(Claim::Finished(Replay {
             content: str_attr(item, "content").unwrap_or_default().to_owned(),
             message_id: str_attr(item, "message_id").and_then(|v| Uuid::parse_str(v).ok()),
             error: str_attr(item, "error").map(str::to_owned),
             stopped: matches!(item.get("stopped"), Some(AttributeValue::Bool(true))),
-        }))
+        })))
     }
 
     /// The write that marks a claimed key finished, for inclusion in the

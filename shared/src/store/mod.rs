@@ -7,6 +7,8 @@
 //! | conversation | `CONV#<uuid>`       | `META`            | `user_id` / `updated_at`        |
 //! | message      | `CONV#<uuid>`       | `M#<uuidv7>`      | not projected (no `user_id`)    |
 //! | checkpoint   | `CONV#<uuid>`       | `L#<uuidv7>#<seq>`| not projected (no `user_id`)    |
+//! | idempotency  | `IDEM#<user>#<key>` | `META`            | not projected                   |
+//! | user limits  | `LIMIT#<user>`      | `M#…`, `D#…`, `ACTIVE` | not projected ([`limits`]) |
 //!
 //! `META` sorts after every `M#...` key (`#` < `E`), so one descending Query on the
 //! partition returns the conversation first and then its newest messages: that is
@@ -21,6 +23,7 @@
 
 mod conversation;
 mod idempotency;
+mod limits;
 mod live;
 mod message;
 
@@ -38,6 +41,7 @@ use crate::time_fmt;
 
 pub use conversation::{Conversation, CursorOr, Page};
 pub use idempotency::{Claim, IdempotencyKey, Replay, IDEMPOTENCY_TTL_SECS};
+pub use limits::{HeldAnswer, Window};
 pub use live::{Checkpoint, LiveSlot, SlotClaim, SlotGuard, SlotState, CHECKPOINT_TTL_SECS};
 pub use message::{ChatContext, Message, MessageStatus, Replacing};
 
