@@ -23,8 +23,12 @@ profile="${2:-dev}"
 venv="$root/.tools/venv"
 
 case "$profile" in
-  dev)  fn_port=9000;  ddb_port=8765;  inf_port=8766; ping_ms=15000; deadline=270; concurrency=4;  token_ms=40; checkpoint_ms=1000; stale_ms=30000 ;;
-  test) fn_port=19000; ddb_port=18765; inf_port=18766; ping_ms=400;   deadline=6;   concurrency=64; token_ms=5;  checkpoint_ms=1000; stale_ms=4000 ;;
+  dev)  fn_port=9000;  ddb_port=8765;  inf_port=8766; ping_ms=15000; deadline=270; concurrency=4;  token_ms=40; checkpoint_ms=1000; stale_ms=30000
+        per_minute=20; per_day=500;  answers=2 ;;
+  # Test limits: a burst limit the limit tests reach (every other test has its
+  # own user), and room for 50 streams of one user at once.
+  test) fn_port=19000; ddb_port=18765; inf_port=18766; ping_ms=400;   deadline=6;   concurrency=64; token_ms=5;  checkpoint_ms=1000; stale_ms=4000
+        per_minute=10; per_day=1000; answers=50 ;;
   *) echo "unknown profile $profile (dev|test)" >&2; exit 2 ;;
 esac
 # STACK_PORT_SHIFT moves every port, so a second checkout can run its own stack.
@@ -95,6 +99,9 @@ PING_INTERVAL_MS=$ping_ms
 INFERENCE_DEADLINE_SECS=$deadline
 CHECKPOINT_INTERVAL_MS=$checkpoint_ms
 LIVE_STALE_AFTER_MS=$stale_ms
+RATE_LIMIT_PER_MINUTE=$per_minute
+DAILY_MESSAGE_QUOTA=$per_day
+MAX_CONCURRENT_ANSWERS=$answers
 AWS_ENDPOINT_URL_DYNAMODB=http://127.0.0.1:$proxy_port
 AWS_REGION=us-east-1
 AWS_ACCESS_KEY_ID=local

@@ -25,19 +25,23 @@ if [ -f template.yaml ]; then
   scripts/check-template.sh
 fi
 
-# Two suites run alone: first e2e_load (50 concurrent streams would starve the
+# Three suites run alone: first e2e_load (50 concurrent streams would starve the
 # other tests' requests on two cores; and moto copies every table on every
 # transaction, so it runs on the fresh, small table, before the rest fills it),
-# last e2e_live_kill (it kills the stack's `send` processes).
+# then e2e_limits (50 racing sends of one user, counted exactly), last
+# e2e_live_kill (it kills the stack's `send` processes).
 status=0
+alone='binary(e2e_load) | binary(e2e_limits) | binary(e2e_live_kill)'
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run -p samosachaat --no-fail-fast -E 'binary(e2e_load)' || status=$?
-  cargo nextest run --workspace --no-fail-fast --test-threads 8 \
-    -E 'not (binary(e2e_load) | binary(e2e_live_kill))' || status=$?
+  cargo nextest run -p samosachaat --no-fail-fast -E 'binary(e2e_limits)' || status=$?
+  cargo nextest run --workspace --no-fail-fast --test-threads 8 -E "not ($alone)" || status=$?
   cargo nextest run -p samosachaat --no-fail-fast -E 'binary(e2e_live_kill)' || status=$?
 else
   cargo test -p samosachaat --test e2e_load || status=$?
-  cargo test --workspace --no-fail-fast -- --skip a_killed_function --skip fifty_concurrent || status=$?
+  cargo test -p samosachaat --test e2e_limits || status=$?
+  cargo test --workspace --no-fail-fast -- --skip a_killed_function --skip fifty_concurrent \
+    --skip racing --skip dead_functions_place --skip do_not_count || status=$?
   cargo test -p samosachaat --test e2e_live_kill || status=$?
 fi
 exit "$status"

@@ -4,6 +4,8 @@ mod common;
 
 use std::collections::HashSet;
 
+use aws_sdk_dynamodb::types::AttributeValue;
+
 use common::{marker, Stack, User};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -271,11 +273,37 @@ async fn delete_removes_every_item_of_a_long_conversation() {
     stack
         .scenario(json!({"match": m, "tokens": ["a"], "token_delay_ms": 0, "repeat": true}))
         .await;
-    for i in 0..14 {
+    // Nine sends (the test stack allows ten a minute per user), then more turns
+    // written in the store's message shape: more items than one delete batch.
+    for i in 0..9 {
         stack
             .send(&user, id, &format!("msg {i} {m}"))
             .await
             .message_id();
+    }
+    for i in 0..10 {
+        let message = Uuid::now_v7();
+        stack
+            .dynamodb
+            .put_item()
+            .table_name(&stack.table)
+            .item("pk", AttributeValue::S(format!("CONV#{id}")))
+            .item("sk", AttributeValue::S(format!("M#{message}")))
+            .item("id", AttributeValue::S(message.to_string()))
+            .item("conversation_id", AttributeValue::S(id.to_string()))
+            .item(
+                "role",
+                AttributeValue::S(if i % 2 == 0 { "user" } else { "assistant" }.into()),
+            )
+            .item("content", AttributeValue::S(format!("more {i}")))
+            .item(
+                "created_at",
+                AttributeValue::S(samosachaat::time_fmt::of_id(message)),
+            )
+            .item("status", AttributeValue::S("complete".into()))
+            .send()
+            .await
+            .expect("put message");
     }
     assert_eq!(
         stack.items(id).await.len(),

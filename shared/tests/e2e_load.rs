@@ -1,5 +1,6 @@
 //! A bounded load test on loopback: 50 concurrent streams through
-//! `cargo lambda watch --concurrency 64`, twice over the same 50 conversations.
+//! `cargo lambda watch --concurrency 64`, twice over the same 50 conversations,
+//! each of its own user (per-user limits would refuse one user's 50).
 //! Every stream must end with `done`, every answer be stored exactly once, every
 //! conversation's messages be in order. The figures (streams/s, slowest time to
 //! first token) are printed, not asserted: this machine is shared and noisy.
@@ -53,26 +54,25 @@ async fn one_stream(stack: &Stack, user: &User, id: Uuid, content: String) -> Ru
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_concurrent_streams_lose_nothing() {
     let stack = Stack::get().await;
-    let user = stack.user();
+    let users: Vec<User> = (0..STREAMS).map(|_| stack.user()).collect();
     let m = marker();
     let tokens: Vec<String> = (0..TOKENS).map(|i| format!("t{i} ")).collect();
     stack
         .scenario(json!({"match": m, "tokens": tokens, "token_delay_ms": 10, "repeat": true}))
         .await;
     let mut ids = Vec::new();
-    for _ in 0..STREAMS {
-        ids.push(stack.create_conversation(&user).await);
+    for user in &users {
+        ids.push(stack.create_conversation(user).await);
     }
 
     let mut answers = vec![Vec::new(); STREAMS];
     for round in 0..2 {
         let started = Instant::now();
-        let runs = futures_util::future::join_all(
-            ids.iter()
-                .enumerate()
-                .map(|(i, id)| one_stream(&stack, &user, *id, format!("load {round} {i} {m}"))),
-        )
-        .await;
+        let runs =
+            futures_util::future::join_all(ids.iter().zip(&users).enumerate().map(
+                |(i, (id, user))| one_stream(&stack, user, *id, format!("load {round} {i} {m}")),
+            ))
+            .await;
         let elapsed = started.elapsed();
         let slowest = runs.iter().map(|r| r.first_token).max().unwrap_or_default();
         let mut sorted: Vec<Duration> = runs.iter().map(|r| r.first_token).collect();

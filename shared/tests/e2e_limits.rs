@@ -1,0 +1,469 @@
+//! Per-user limits end to end, on the local stack (its limits: 10 messages per
+//! minute, 1000 per day, 50 answers generating at once; `scripts/stack.sh`):
+//! racing sends against each limit, what a refused request leaves (nothing),
+//! what does not count (refusals for other reasons, replays), and how a dead
+//! function's place is freed.
+
+mod common;
+
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use common::{s, Item, Stack, Stream, User};
+use futures_util::future::join_all;
+use serde_json::json;
+use uuid::Uuid;
+
+const PER_MINUTE: usize = 10;
+const PER_DAY: u64 = 1000;
+const ANSWERS: usize = 50;
+
+fn now_secs() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Waits until at least `room` seconds are left in the clock minute, so racing
+/// requests all count in one window.
+async fn inside_one_minute(room: i64) {
+    let into = now_secs().rem_euclid(60);
+    if into > 60 - room {
+        tokio::time::sleep(Duration::from_secs(u64::try_from(61 - into).unwrap_or(1))).await;
+    }
+}
+
+/// The user's limit records, by sort key.
+async fn records(stack: &Stack, user: &User) -> Vec<Item> {
+    stack
+        .dynamodb
+        .query()
+        .table_name(&stack.table)
+        .key_condition_expression("pk = :pk")
+        .expression_attribute_values(":pk", AttributeValue::S(format!("LIMIT#{}", user.id)))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("query limits")
+        .items()
+        .to_vec()
+}
+
+fn count_in(records: &[Item], prefix: &str) -> u64 {
+    records
+        .iter()
+        .filter(|i| s(i, "sk").starts_with(prefix))
+        .map(|i| match (i.get("n"), i.get("ids")) {
+            (Some(AttributeValue::N(n)), _) => n.parse::<u64>().expect("n"),
+            (_, Some(AttributeValue::Ss(ids))) => ids.len() as u64,
+            _ => 0,
+        })
+        .sum()
+}
+
+fn held(records: &[Item]) -> Vec<String> {
+    records
+        .iter()
+        .find(|i| s(i, "sk") == "ACTIVE")
+        .and_then(|i| match i.get("answers") {
+            Some(AttributeValue::Ss(set)) => Some(set.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// Sets the user's record `sk` to `n` messages (a user who already sent that
+/// many): a number for a day, a set of request ids for a minute.
+async fn seed_count(stack: &Stack, user: &User, sk: &str, n: u64) {
+    let count = if sk.starts_with("M#") {
+        (
+            "ids",
+            AttributeValue::Ss((0..n).map(|i| format!("seeded{i:06}")).collect()),
+        )
+    } else {
+        ("n", AttributeValue::N(n.to_string()))
+    };
+    stack
+        .dynamodb
+        .put_item()
+        .table_name(&stack.table)
+        .item("pk", AttributeValue::S(format!("LIMIT#{}", user.id)))
+        .item("sk", AttributeValue::S(sk.to_owned()))
+        .item(count.0, count.1)
+        .item(
+            "expires_at",
+            AttributeValue::N((now_secs() + 3600).to_string()),
+        )
+        .send()
+        .await
+        .expect("seed counter");
+}
+
+fn minute_sk(at: i64) -> String {
+    format!("M#{}", at.div_euclid(60))
+}
+
+fn retry_after(stream: &Stream) -> i64 {
+    stream
+        .headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("Retry-After missing: {:?}", stream.headers))
+}
+
+fn detail(stream: &Stream) -> String {
+    let body: serde_json::Value = serde_json::from_slice(&stream.raw).expect("json body");
+    body["detail"].as_str().expect("detail").to_owned()
+}
+
+/// Sends one message to each conversation, all at once.
+async fn send_each(stack: &Stack, user: &User, ids: &[Uuid], what: String) -> Vec<Stream> {
+    let contents: Vec<String> = (0..ids.len()).map(|i| format!("{what} {i}")).collect();
+    join_all(
+        ids.iter()
+            .zip(&contents)
+            .map(|(id, content)| stack.send(user, *id, content)),
+    )
+    .await
+}
+
+async fn conversations(stack: &Stack, user: &User, n: usize) -> Vec<Uuid> {
+    join_all((0..n).map(|_| stack.create_conversation(user))).await
+}
+
+/// Nothing of the conversation changed: its item only, no live slot.
+async fn untouched(stack: &Stack, id: Uuid) -> bool {
+    let items = stack.all_items(id).await;
+    items.len() == 1 && !items[0].contains_key("live_id")
+}
+
+#[tokio::test]
+async fn fifty_racing_sends_of_one_user_meet_the_burst_limit_and_another_user_is_unaffected() {
+    let stack = Stack::get().await;
+    let (user, other) = (stack.user(), stack.user());
+    let m = common::marker();
+    stack
+        .scenario(json!({"match": m, "tokens": ["fine", "."], "repeat": true}))
+        .await;
+    let (ids, others) = tokio::join!(
+        conversations(&stack, &user, 50),
+        conversations(&stack, &other, 3)
+    );
+    inside_one_minute(25).await;
+
+    let (runs, other_runs) = tokio::join!(
+        send_each(&stack, &user, &ids, format!("burst {m}")),
+        send_each(&stack, &other, &others, format!("other {m}"))
+    );
+
+    let (streamed, refused): (Vec<_>, Vec<_>) = ids
+        .iter()
+        .zip(&runs)
+        .partition(|(_, run)| run.status == 200);
+    assert_eq!(
+        streamed.len(),
+        PER_MINUTE,
+        "statuses: {:?}",
+        runs.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    for (_, run) in &streamed {
+        run.message_id();
+    }
+    for (id, run) in &refused {
+        assert_eq!(run.status, 429, "{:?}", run.events);
+        assert!(
+            detail(run).contains("10 messages per minute"),
+            "{}",
+            detail(run)
+        );
+        assert!((1..=60).contains(&retry_after(run)), "{:?}", run.headers);
+        assert!(untouched(&stack, **id).await, "a refused send changed {id}");
+    }
+    for run in &other_runs {
+        assert_eq!(run.status, 200);
+        run.message_id();
+    }
+    // Only the admitted ten (and the other user's three) reached the upstream.
+    assert_eq!(stack.upstream_requests(&m).await.len(), PER_MINUTE + 3);
+
+    // The records count the ten, hold nothing once they ended, and expire.
+    let mine = records(&stack, &user).await;
+    assert_eq!(count_in(&mine, "M#"), PER_MINUTE as u64);
+    assert_eq!(count_in(&mine, "D#"), PER_MINUTE as u64);
+    assert!(held(&mine).is_empty(), "{:?}", held(&mine));
+    let now = now_secs();
+    for record in &mine {
+        let expires: i64 = match record.get("expires_at") {
+            Some(AttributeValue::N(n)) => n.parse().expect("expires_at"),
+            other => panic!("no expires_at on {record:?}: {other:?}"),
+        };
+        let sk = s(record, "sk");
+        let (min, max) = match sk.as_bytes()[0] {
+            b'M' => (now + 3600 - 60, now + 3600 + 60),
+            b'D' => (now + 86_400, now + 2 * 86_400),
+            _ => (now + 6, now + 7 * 3600),
+        };
+        assert!(
+            (min..=max).contains(&expires),
+            "{sk}: expires {expires}, now {now}"
+        );
+    }
+    assert_eq!(count_in(&records(&stack, &other).await, "M#"), 3);
+}
+
+#[tokio::test]
+async fn the_daily_quota_holds_under_racing_requests() {
+    let stack = Stack::get().await;
+    let user = stack.user();
+    let m = common::marker();
+    stack
+        .scenario(json!({"match": m, "tokens": ["ok"], "repeat": true}))
+        .await;
+    let ids = conversations(&stack, &user, 8).await;
+    // Not across midnight, UTC.
+    let into_day = now_secs().rem_euclid(86_400);
+    if into_day > 86_400 - 30 {
+        tokio::time::sleep(Duration::from_secs(35)).await;
+    }
+    let today = time::OffsetDateTime::now_utc().date().to_string();
+    seed_count(&stack, &user, &format!("D#{today}"), PER_DAY - 3).await;
+    inside_one_minute(20).await;
+
+    let runs = send_each(&stack, &user, &ids, format!("quota {m}")).await;
+    let streamed = runs.iter().filter(|r| r.status == 200).count();
+    assert_eq!(
+        streamed,
+        3,
+        "statuses: {:?}",
+        runs.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    let to_midnight = 86_400 - now_secs().rem_euclid(86_400);
+    for run in runs.iter().filter(|r| r.status != 200) {
+        assert_eq!(run.status, 429);
+        assert!(
+            detail(run).contains("1000 messages per UTC day"),
+            "{}",
+            detail(run)
+        );
+        assert!(
+            (retry_after(run) - to_midnight).abs() <= 5,
+            "{:?} vs {to_midnight}",
+            run.headers
+        );
+    }
+    let mine = records(&stack, &user).await;
+    assert_eq!(count_in(&mine, "D#"), PER_DAY);
+    // The refused five were taken back from the minute's count.
+    assert_eq!(count_in(&mine, "M#"), 3);
+}
+
+/// Holds answers among the user's generating ones as another function instance
+/// would: `young` just begun (live, whatever their records say, for
+/// `LIVE_STALE_AFTER_MS`), then one per conversation of `dead`, begun 10 s ago
+/// and never checkpointed, with its conversation's live slot claimed then.
+async fn hold_elsewhere(stack: &Stack, user: &User, young: usize, dead: &[Uuid]) -> Vec<Uuid> {
+    let ago_ms = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
+        .expect("ms")
+        - 10_000;
+    let mut entries: Vec<String> = (0..young)
+        .map(|_| format!("{}/{}", Uuid::now_v7(), Uuid::new_v4()))
+        .collect();
+    let mut answers = Vec::new();
+    for &id in dead {
+        let ts = uuid::Timestamp::from_unix(uuid::NoContext, ago_ms / 1000, 0);
+        let answer = Uuid::new_v7(ts);
+        stack
+            .dynamodb
+            .update_item()
+            .table_name(&stack.table)
+            .key("pk", AttributeValue::S(format!("CONV#{id}")))
+            .key("sk", AttributeValue::S("META".into()))
+            .update_expression("SET live_id = :a, live_at = :at, live_deadline = :deadline")
+            .expression_attribute_values(":a", AttributeValue::S(answer.to_string()))
+            .expression_attribute_values(":at", AttributeValue::N(ago_ms.to_string()))
+            .expression_attribute_values(
+                ":deadline",
+                AttributeValue::N((ago_ms + 60_000).to_string()),
+            )
+            .send()
+            .await
+            .expect("claim slot");
+        entries.push(format!("{answer}/{id}"));
+        answers.push(answer);
+    }
+    stack
+        .dynamodb
+        .update_item()
+        .table_name(&stack.table)
+        .key("pk", AttributeValue::S(format!("LIMIT#{}", user.id)))
+        .key("sk", AttributeValue::S("ACTIVE".into()))
+        .update_expression("ADD answers :held SET expires_at = :exp")
+        .expression_attribute_values(":held", AttributeValue::Ss(entries))
+        .expression_attribute_values(":exp", AttributeValue::N((now_secs() + 3600).to_string()))
+        .send()
+        .await
+        .expect("hold answers");
+    answers
+}
+
+#[tokio::test]
+async fn concurrent_answers_are_capped_under_racing_requests() {
+    let stack = Stack::get().await;
+    let user = stack.user();
+    let m = common::marker();
+    let tokens: Vec<String> = (0..40).map(|i| format!(" t{i}")).collect();
+    stack
+        .scenario(json!({"match": m, "tokens": tokens, "token_delay_ms": 40, "repeat": true}))
+        .await;
+    let ids = conversations(&stack, &user, 5).await;
+    inside_one_minute(20).await;
+    hold_elsewhere(&stack, &user, ANSWERS - 2, &[]).await;
+
+    let runs = send_each(&stack, &user, &ids, format!("cap {m}")).await;
+    let streamed = runs.iter().filter(|r| r.status == 200).count();
+    assert_eq!(
+        streamed,
+        2,
+        "statuses: {:?}",
+        runs.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    for (id, run) in ids.iter().zip(&runs) {
+        if run.status == 200 {
+            assert_eq!(run.tokens().len(), 40);
+            continue;
+        }
+        assert_eq!(run.status, 429);
+        assert!(
+            detail(run).contains("at most 50 at once"),
+            "{}",
+            detail(run)
+        );
+        assert_eq!(retry_after(run), 5);
+        assert!(untouched(&stack, *id).await);
+    }
+    let records_now = records(&stack, &user).await;
+    assert_eq!(
+        held(&records_now).len(),
+        ANSWERS - 2,
+        "the two ended and left"
+    );
+    assert_eq!(
+        count_in(&records_now, "M#"),
+        2,
+        "the refused three do not count"
+    );
+    assert_eq!(count_in(&records_now, "D#"), 2);
+}
+
+#[tokio::test]
+async fn a_dead_functions_place_is_freed_by_the_next_send() {
+    let stack = Stack::get().await;
+    let user = stack.user();
+    let m = common::marker();
+    stack
+        .scenario(json!({"match": m, "tokens": ["back"], "repeat": true}))
+        .await;
+    let (abandoned, id) = tokio::join!(
+        stack.create_conversation(&user),
+        stack.create_conversation(&user)
+    );
+    // Full: 49 live answers and one whose function died 10 s ago (the test
+    // stack's LIVE_STALE_AFTER_MS is 4 s).
+    let dead = hold_elsewhere(&stack, &user, ANSWERS - 1, &[abandoned]).await;
+
+    let run = stack.send(&user, id, &format!("after {m}")).await;
+    assert_eq!(run.status, 200, "{:?}", run.events);
+    run.message_id();
+    let now_held = held(&records(&stack, &user).await);
+    assert_eq!(
+        now_held.len(),
+        ANSWERS - 1,
+        "the dead one left, the new one ended"
+    );
+    assert!(!now_held.iter().any(|e| e.starts_with(&dead[0].to_string())));
+    // The dead answer was settled: its conversation is free again.
+    assert!(!stack
+        .all_items(abandoned)
+        .await
+        .iter()
+        .any(|i| i.contains_key("live_id")));
+
+    // With only live answers held, the next one is refused.
+    hold_elsewhere(&stack, &user, 1, &[]).await;
+    let refused = stack.send(&user, id, &format!("again {m}")).await;
+    assert_eq!(refused.status, 429, "{:?}", refused.events);
+}
+
+#[tokio::test]
+async fn refusals_for_other_reasons_and_replays_do_not_count() {
+    let stack = Stack::get().await;
+    let user = stack.user();
+    let m = common::marker();
+    let id = stack.create_conversation(&user).await;
+    let empty = stack.create_conversation(&user).await;
+    stack
+        .scenario(json!({"match": m, "tokens": ["once"], "repeat": true}))
+        .await;
+    inside_one_minute(30).await;
+    let minute = minute_sk(now_secs());
+
+    let key = [("idempotency-key", "limits-replay-1")];
+    let body = json!({ "content": format!("keyed {m}") });
+    let first = stack
+        .post_stream_with("send", &user, &id.to_string(), body.clone(), &key)
+        .await;
+    let answer = first.message_id();
+    let replay = stack
+        .post_stream_with("send", &user, &id.to_string(), body.clone(), &key)
+        .await;
+    assert_eq!(replay.message_id(), answer);
+
+    // Refused for other reasons: an unknown conversation, a regenerate with
+    // nothing to regenerate, a conversation whose answer is still generating.
+    assert_eq!(
+        stack
+            .send(&user, Uuid::new_v4(), &format!("x {m}"))
+            .await
+            .status,
+        404
+    );
+    assert_eq!(stack.regenerate(&user, empty).await.status, 400);
+    let slow = stack.create_conversation(&user).await;
+    let slow_content = format!("slow {}", common::marker());
+    stack
+        .scenario(
+            json!({"match": slow_content, "tokens": ["a", "b"], "first_token_delay_ms": 1500}),
+        )
+        .await;
+    let busy_content = format!("busy {m}");
+    let (slow_run, busy) = tokio::join!(stack.send(&user, slow, &slow_content), async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stack.send(&user, slow, &busy_content).await
+    });
+    slow_run.message_id();
+    assert_eq!(busy.status, 409, "{:?}", busy.events);
+
+    let records_now = records(&stack, &user).await;
+    assert_eq!(
+        count_in(&records_now, "M#"),
+        2,
+        "the keyed send and the slow one"
+    );
+    assert_eq!(count_in(&records_now, "D#"), 2);
+
+    // At the limit, the replay is still answered from its record; a new
+    // message is refused.
+    seed_count(&stack, &user, &minute, PER_MINUTE as u64).await;
+    let replay = stack
+        .post_stream_with("send", &user, &id.to_string(), body, &key)
+        .await;
+    assert_eq!(replay.status, 200);
+    assert_eq!(replay.message_id(), answer);
+    assert_eq!(replay.tokens(), ["once"]);
+    let over = stack.send(&user, id, &format!("new {m}")).await;
+    assert_eq!(over.status, 429);
+    assert_eq!(
+        stack.stored_messages(id).await.len(),
+        2,
+        "the keyed turn only"
+    );
+}
