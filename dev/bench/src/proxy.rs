@@ -47,8 +47,20 @@ pub struct Exchange {
     pub replied: Option<Instant>,
     pub status: Option<u16>,
     pub units: Units,
+    /// The kind of record it addressed: its key's `pk` up to the `#` (`CONV`,
+    /// `LIMIT`, `IDEM`); empty for a transaction or batch.
+    pub record: String,
     /// The request's JSON body until its reply has been read.
     request: Value,
+}
+
+/// The record kind of a single-item request (see [`Exchange::record`]).
+fn record_of(request: &Value) -> String {
+    let pk = request["Key"]["pk"]["S"]
+        .as_str()
+        .or_else(|| request["Item"]["pk"]["S"].as_str())
+        .unwrap_or_default();
+    pk.split('#').next().unwrap_or_default().to_owned()
 }
 
 #[derive(Default)]
@@ -186,6 +198,7 @@ async fn pipe(client: TcpStream, upstream: SocketAddr, mode: Mode, log: Arc<Mute
                         .header("x-amz-target")
                         .map(|t| t.rsplit('.').next().unwrap_or(t).to_owned())
                         .unwrap_or_else(|| request.start.clone());
+                    let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
                     let mut log = lock(&log);
                     log.exchanges.push(Exchange {
                         op,
@@ -193,7 +206,8 @@ async fn pipe(client: TcpStream, upstream: SocketAddr, mode: Mode, log: Arc<Mute
                         replied: None,
                         status: None,
                         units: Units::default(),
-                        request: serde_json::from_slice(&request.body).unwrap_or(Value::Null),
+                        record: record_of(&body),
+                        request: body,
                     });
                     let i = log.exchanges.len() - 1;
                     drop(log);

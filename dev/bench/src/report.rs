@@ -514,6 +514,10 @@ fn requests(o: &mut String, i: &Input) {
             range(of(|c| c.round_trips_before_open as f64)),
         );
         row(
+            "  of which per-user limit records (beside the Query)",
+            range(of(|c| c.limits_before_open as f64)),
+        );
+        row(
             "  requests before the upstream request's first byte",
             range(of(|c| c.before_request as f64)),
         );
@@ -528,6 +532,14 @@ fn requests(o: &mut String, i: &Input) {
                 "{} / {}",
                 range(of(|c| c.units.read)),
                 range(of(|c| c.units.write))
+            ),
+        );
+        row(
+            "  of which the per-user limits (read / write)",
+            format!(
+                "{} / {}",
+                range(of(|c| c.limit_units.read)),
+                range(of(|c| c.limit_units.write))
             ),
         );
     }

@@ -28,6 +28,10 @@ pub struct Counted {
     /// New DynamoDB connections the function opened.
     pub connections: usize,
     pub units: Units,
+    /// Of `units`, those of the per-user limit records (`LIMIT#<user>`).
+    pub limit_units: Units,
+    /// Requests to the limit records among those before the upstream call opens.
+    pub limits_before_open: usize,
     pub pattern: String,
     /// released → first request sent → last reply before upstream → upstream
     /// opened → first token (ms).
@@ -102,9 +106,14 @@ pub async fn run(b: &mut Bench, n: usize) -> Res<Vec<Counted>> {
         };
         let before = started_before(open);
         let mut units = Units::default();
+        let mut limit_units = Units::default();
         for x in &exchanges {
             units += x.units;
+            if x.record == "LIMIT" {
+                limit_units += x.units;
+            }
         }
+        let limits_before_open = before.iter().filter(|x| x.record == "LIMIT").count();
         let mut pattern = String::new();
         let mut marks = [(open, "[upstream opened]"), (request, "[upstream request]")];
         marks.sort_by_key(|m| m.0);
@@ -137,6 +146,8 @@ pub async fn run(b: &mut Bench, n: usize) -> Res<Vec<Counted>> {
             total: exchanges.len(),
             connections,
             units,
+            limit_units,
+            limits_before_open,
             pattern: pattern.trim().to_owned(),
             phases,
         });
