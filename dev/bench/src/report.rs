@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use crate::capacity::Units;
 use crate::cost;
 use crate::scenarios::cold::Cold;
 use crate::scenarios::peer::Peer;
@@ -481,6 +482,9 @@ fn side_by_side(o: &mut String, i: &Input) {
     let _ = writeln!(o);
 }
 
+/// Which of a send's request units a report row shows.
+type UnitsOf = fn(&Counted) -> Units;
+
 fn requests(o: &mut String, i: &Input) {
     if i.counts.is_empty() {
         return;
@@ -526,22 +530,16 @@ fn requests(o: &mut String, i: &Input) {
             "connections opened per send",
             range(of(|c| c.connections as f64)),
         );
-        row(
-            "read / write request units per send (estimated)",
-            format!(
-                "{} / {}",
-                range(of(|c| c.units.read)),
-                range(of(|c| c.units.write))
-            ),
-        );
-        row(
-            "  of which the per-user limits (read / write)",
-            format!(
-                "{} / {}",
-                range(of(|c| c.limit_units.read)),
-                range(of(|c| c.limit_units.write))
-            ),
-        );
+        let all: UnitsOf = |c| c.units;
+        let limits: UnitsOf = |c| c.limit_units;
+        for (name, units) in [
+            ("read / write request units per send (estimated)", all),
+            ("  of which the per-user limits", limits),
+        ] {
+            let read = set.iter().map(|c| units(c).read).collect();
+            let write = set.iter().map(|c| units(c).write).collect();
+            row(name, format!("{} / {}", range(read), range(write)));
+        }
     }
     let _ = writeln!(o);
 }
