@@ -49,7 +49,9 @@ async function refusal(resp) {
   } catch (_) {
     // not JSON: keep the status text
   }
-  return `${resp.status}: ${detail}`;
+  // A per-user limit says when to try again (exposed to the page by CORS).
+  const wait = resp.headers.get("retry-after");
+  return wait ? `${resp.status}: ${detail} (try again in ${wait} s)` : `${resp.status}: ${detail}`;
 }
 
 function json(fn, method, path, body) {
