@@ -284,7 +284,7 @@ async fn delete_removes_every_item_of_a_long_conversation() {
     for i in 0..10 {
         let message = Uuid::now_v7();
         stack
-            .dynamodb
+            .functions_dynamodb()
             .put_item()
             .table_name(&stack.table)
             .item("pk", AttributeValue::S(format!("CONV#{id}")))

@@ -82,7 +82,7 @@ async fn seed_count(stack: &Stack, user: &User, sk: &str, n: u64) {
         ("n", AttributeValue::N(n.to_string()))
     };
     stack
-        .dynamodb
+        .functions_dynamodb()
         .put_item()
         .table_name(&stack.table)
         .item("pk", AttributeValue::S(format!("LIMIT#{}", user.id)))
@@ -272,7 +272,7 @@ async fn hold_elsewhere(stack: &Stack, user: &User, young: usize, dead: &[Uuid])
         let ts = uuid::Timestamp::from_unix(uuid::NoContext, ago_ms / 1000, 0);
         let answer = Uuid::new_v7(ts);
         stack
-            .dynamodb
+            .functions_dynamodb()
             .update_item()
             .table_name(&stack.table)
             .key("pk", AttributeValue::S(format!("CONV#{id}")))
@@ -291,7 +291,7 @@ async fn hold_elsewhere(stack: &Stack, user: &User, young: usize, dead: &[Uuid])
         answers.push(answer);
     }
     stack
-        .dynamodb
+        .functions_dynamodb()
         .update_item()
         .table_name(&stack.table)
         .key("pk", AttributeValue::S(format!("LIMIT#{}", user.id)))

@@ -449,8 +449,10 @@ impl Stack {
     }
 
     /// A DynamoDB client on the functions' own path (through the fault proxy,
-    /// which also makes moto's transactions atomic): for tests that write the
-    /// way the functions do. `self.dynamodb` reads the table directly.
+    /// which also makes moto's transactions atomic): for every write a test
+    /// makes. A write straight to moto can be lost to a transaction running at
+    /// the same time (moto applies one to a copy of the table and swaps it in).
+    /// `self.dynamodb` reads the table directly.
     pub fn functions_dynamodb(&self) -> aws_sdk_dynamodb::Client {
         let conf = self
             .dynamodb
