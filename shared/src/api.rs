@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{HeaderValue, ACCESS_CONTROL_ALLOW_ORIGIN, CONTENT_TYPE, VARY};
 use http::{HeaderMap, Method, Response, StatusCode};
 use http_body::Frame;
@@ -271,9 +271,35 @@ impl http_body::Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
             ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            ResponseBody::Stream(rx) => rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b)))),
+            ResponseBody::Stream(rx) => match rx.poll_recv(cx) {
+                Poll::Ready(Some(first)) => Poll::Ready(Some(Ok(Frame::data(coalesce(first, rx))))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
+}
+
+/// The most bytes one frame gathers from messages already waiting.
+const FRAME_BYTES: usize = 64 * 1024;
+
+/// `first` and whatever else is already waiting on the channel, as one frame:
+/// when the writer falls behind (a small CPU share, a burst of tokens), it
+/// catches up with one write instead of one per event. Nothing waits for more.
+fn coalesce(first: Bytes, rx: &mut mpsc::UnboundedReceiver<Bytes>) -> Bytes {
+    let Ok(second) = rx.try_recv() else {
+        return first;
+    };
+    let mut frame = BytesMut::with_capacity(first.len() + second.len());
+    frame.extend_from_slice(&first);
+    frame.extend_from_slice(&second);
+    while frame.len() < FRAME_BYTES {
+        match rx.try_recv() {
+            Ok(more) => frame.extend_from_slice(&more),
+            Err(_) => break,
+        }
+    }
+    frame.freeze()
 }
 
 pub fn json_response<B: From<String>>(status: StatusCode, value: &impl Serialize) -> Response<B> {
@@ -353,6 +379,33 @@ pub fn preflight<B: From<String>>(config: &Config, req: &Request) -> Response<B>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waiting_messages_go_out_as_one_frame_up_to_a_bound() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let first = Bytes::from_static(b"data: 1\n\n");
+        assert_eq!(coalesce(first.clone(), &mut rx), first, "nothing waiting");
+
+        for i in 2..5 {
+            tx.send(Bytes::from(format!("data: {i}\n\n"))).unwrap();
+        }
+        assert_eq!(
+            coalesce(first.clone(), &mut rx),
+            "data: 1\n\ndata: 2\n\ndata: 3\n\ndata: 4\n\n"
+        );
+
+        let big = Bytes::from(vec![b'x'; FRAME_BYTES / 2]);
+        for _ in 0..4 {
+            tx.send(big.clone()).unwrap();
+        }
+        let frame = coalesce(first, &mut rx);
+        assert!(frame.len() >= FRAME_BYTES && frame.len() < FRAME_BYTES + big.len() + 16);
+        assert_eq!(
+            rx.try_recv().ok(),
+            Some(big),
+            "the rest waits for the next frame"
+        );
+    }
 
     #[test]
     fn send_body_table() {

@@ -26,6 +26,8 @@ const PING: &[u8] = b": ping\n\n";
 pub struct Sink {
     tx: mpsc::UnboundedSender<Bytes>,
     last_sent: Instant,
+    /// Events queued by [`Sink::queue`], sent together by [`Sink::flush`].
+    queued: Vec<u8>,
 }
 
 impl Sink {
@@ -33,6 +35,25 @@ impl Sink {
         Self {
             tx,
             last_sent: Instant::now(),
+            queued: Vec::new(),
+        }
+    }
+
+    /// Queues `data: <json>\n\n` to go with the others of the same upstream
+    /// chunk: one message on the channel and one frame to the Runtime API for
+    /// all of them, instead of one each.
+    pub fn queue(&mut self, json: &str) {
+        self.queued.reserve(json.len() + 8);
+        self.queued.extend_from_slice(b"data: ");
+        self.queued.extend_from_slice(json.as_bytes());
+        self.queued.extend_from_slice(b"\n\n");
+    }
+
+    /// Sends what [`Sink::queue`] gathered, if anything.
+    pub fn flush(&mut self) {
+        if !self.queued.is_empty() {
+            let bytes = Bytes::from(std::mem::take(&mut self.queued));
+            self.send(bytes);
         }
     }
 
@@ -44,11 +65,8 @@ impl Sink {
 
     /// Sends `data: <json>\n\n`.
     pub fn data(&mut self, json: &str) {
-        let mut buf = Vec::with_capacity(json.len() + 8);
-        buf.extend_from_slice(b"data: ");
-        buf.extend_from_slice(json.as_bytes());
-        buf.extend_from_slice(b"\n\n");
-        self.send(Bytes::from(buf));
+        self.queue(json);
+        self.flush();
     }
 
     pub fn event(&mut self, value: &serde_json::Value) {
@@ -232,21 +250,24 @@ async fn read_stream(
                 true
             }
         };
+        // The events of one upstream chunk go to the browser together.
         for event in events.drain(..) {
             match event {
                 Event::Token { text, json } => {
                     outcome.content.push_str(&text);
                     outcome.token_count += 1;
-                    sink.data(&json);
+                    sink.queue(&json);
                     watch.text(&text, outcome.token_count);
                 }
-                Event::Other { json } => sink.data(&json),
+                Event::Other { json } => sink.queue(&json),
                 Event::Done => {
+                    sink.flush();
                     release(response);
                     return Ending::Done;
                 }
             }
         }
+        sink.flush();
         if finished {
             return Ending::Failed(Failure::Interrupted);
         }
