@@ -14,6 +14,7 @@ pub mod conversations;
 pub mod error;
 pub mod inference;
 pub mod live;
+pub mod metrics;
 pub mod prompt;
 pub mod relay;
 pub mod runtime;
