@@ -78,6 +78,19 @@ pub const ROUTE: &str = "route";
 pub const STATUS: &str = "status";
 pub const OUTCOME: &str = "outcome";
 
+/// Every invocation's metrics, and their dimension sets.
+pub const REQUEST_METRICS: &[&str] = &[REQUESTS, DYNAMODB_RETRIES, DYNAMODB_THROTTLES];
+pub const REQUEST_DIMENSIONS: &[&[&str]] = &[&[FUNCTION, ROUTE, STATUS], &[FUNCTION]];
+/// A streamed answer's metrics, and their dimension sets.
+pub const ANSWER_METRICS: &[&str] = &[
+    ANSWERS,
+    TOKENS,
+    STREAM_DURATION,
+    TIME_TO_FIRST_TOKEN,
+    UPSTREAM_TIME_TO_FIRST_TOKEN,
+];
+pub const ANSWER_DIMENSIONS: &[&[&str]] = &[&[FUNCTION, OUTCOME], &[FUNCTION]];
+
 /// Every outcome of an answer: how its stream ended for the browser.
 pub const OUTCOMES: &[&str] = &[
     "done",
@@ -315,17 +328,17 @@ impl Record {
                 .throttles
                 .saturating_sub(out.dynamodb_at_start.throttles)),
         );
-        let mut directives = vec![directive(
-            &[&[FUNCTION, ROUTE, STATUS], &[FUNCTION]],
-            &[REQUESTS, DYNAMODB_RETRIES, DYNAMODB_THROTTLES],
-        )];
+        let mut directives = vec![directive(REQUEST_DIMENSIONS, REQUEST_METRICS)];
         if let Some(answer) = &self.answer {
             doc.insert(OUTCOME.into(), json!(answer.outcome));
             doc.insert(ANSWERS.into(), json!(1));
             doc.insert(TOKENS.into(), json!(answer.tokens));
             let mut names = vec![ANSWERS, TOKENS];
             if let Some(opened) = answer.stream_opened {
-                doc.insert(STREAM_DURATION.into(), json!(millis(ended - opened)));
+                doc.insert(
+                    STREAM_DURATION.into(),
+                    json!(millis(ended.saturating_duration_since(opened))),
+                );
                 names.push(STREAM_DURATION);
             }
             if let Some(first) = answer.first_token {
@@ -342,7 +355,7 @@ impl Record {
                     names.push(UPSTREAM_TIME_TO_FIRST_TOKEN);
                 }
             }
-            directives.push(directive(&[&[FUNCTION, OUTCOME], &[FUNCTION]], &names));
+            directives.push(directive(ANSWER_DIMENSIONS, &names));
         }
         doc.insert("requestId".into(), json!(out.request_id));
         if let Some(trace) = &out.trace_id {
