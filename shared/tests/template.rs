@@ -797,6 +797,21 @@ fn the_alarms_an_operator_needs_are_there_with_thresholds_as_parameters() {
         assert_eq!(p["AlarmActions"], actions, "{id}");
         assert_eq!(p["OKActions"], actions, "{id}");
     }
+    // Lambda files the metrics records (JSON without a level) at INFO: a
+    // higher application log level would drop them.
+    assert_eq!(
+        parameters["LogLevel"]["AllowedValues"],
+        json!(["TRACE", "DEBUG", "INFO"])
+    );
+    for (id, ..) in FUNCTIONS {
+        let logging = &function(&t, id)["Properties"]["LoggingConfig"];
+        assert_eq!(logging["LogFormat"], "JSON", "{id}");
+        assert_eq!(
+            logging["ApplicationLogLevel"],
+            json!({"Ref": "LogLevel"}),
+            "{id}"
+        );
+    }
     let topic = &t["Resources"]["AlarmTopic"];
     assert_eq!(topic["Type"], "AWS::SNS::Topic");
     assert_eq!(topic["Condition"], "HasAlarmEmail");
