@@ -336,7 +336,10 @@ struct Invoked {
 }
 
 impl Invoked {
-    /// Records how the answer ended for the browser, from the events it ended with.
+    /// Records how the answer ended for the browser, from the events it ended
+    /// with; `deleted` when the live answer saw its conversation deleted (a
+    /// failed write is never taken for a deletion: that would hide a
+    /// `persist_failed` from its alarm).
     fn answer(&self, outcome: Option<&Outcome>, end: &[serde_json::Value], deleted: bool) {
         let code = end
             .iter()
@@ -500,9 +503,8 @@ async fn run(job: Job, mut sink: Sink, invoked: Invoked) {
             let error = json!({ "error": "persist_failed" });
             record(&job, Some(&error), false).await;
             finish_with_error(&mut sink, error.clone());
-            let gone = matches!(result, Err(StoreError::NotFound));
-            invoked.answer(upstream.as_ref(), std::slice::from_ref(&error), gone);
-            if gone {
+            invoked.answer(upstream.as_ref(), std::slice::from_ref(&error), false);
+            if matches!(result, Err(StoreError::NotFound)) {
                 // The conversation is gone: nobody can resume it.
                 release(&job.state, job.conversation.id, job.answer).await;
                 live.discard().await;
@@ -649,7 +651,8 @@ async fn conclude(
             (job.persist, &stored),
             (Persist::Append, Some(Err(StoreError::NotFound)))
         );
-    invoked.answer(Some(&outcome), &end, gone);
+    let deleted = outcome.ending == Ending::Interrupted(Interrupt::Gone);
+    invoked.answer(Some(&outcome), &end, deleted);
     if gone {
         release(&job.state, job.conversation.id, job.answer).await;
         live.discard().await;
