@@ -6,7 +6,8 @@
 #   scripts/stack.sh down [dev|test]  stop it
 #
 # `dev` listens on 9000 (functions), 8765 (DynamoDB), 8766 (inference);
-# `test` on 19000, 18765, 18766 with short ping and deadline settings, so the two
+# `test` on 19000, 18765, 18766 with short ping and deadline settings and JSON
+# logs (AWS_LAMBDA_LOG_FORMAT=JSON, as the template deploys them), so the two
 # can run side by side. The functions reach DynamoDB through `fault-proxy`
 # (dev/fault-proxy) on the DynamoDB port + 10 (8775 / 18775), where tests inject
 # faults; tests read the table directly (DYNAMODB_DIRECT_URL). The local chat page
@@ -23,11 +24,11 @@ profile="${2:-dev}"
 venv="$root/.tools/venv"
 
 case "$profile" in
-  dev)  fn_port=9000;  ddb_port=8765;  inf_port=8766; ping_ms=15000; deadline=270; concurrency=4;  token_ms=40; checkpoint_ms=1000; stale_ms=30000
+  dev)  fn_port=9000;  ddb_port=8765;  inf_port=8766; ping_ms=15000; deadline=270; concurrency=4;  token_ms=40; checkpoint_ms=1000; stale_ms=30000; log_format=text
         per_minute=20; per_day=500;  answers=2 ;;
   # Test limits: a burst limit the limit tests reach (every other test has its
   # own user), and room for 50 streams of one user at once.
-  test) fn_port=19000; ddb_port=18765; inf_port=18766; ping_ms=400;   deadline=6;   concurrency=64; token_ms=5;  checkpoint_ms=1000; stale_ms=4000
+  test) fn_port=19000; ddb_port=18765; inf_port=18766; ping_ms=400;   deadline=6;   concurrency=64; token_ms=5;  checkpoint_ms=1000; stale_ms=4000;  log_format=JSON
         per_minute=10; per_day=1000; answers=50 ;;
   *) echo "unknown profile $profile (dev|test)" >&2; exit 2 ;;
 esac
@@ -107,6 +108,7 @@ AWS_REGION=us-east-1
 AWS_ACCESS_KEY_ID=local
 AWS_SECRET_ACCESS_KEY=local
 AWS_LAMBDA_LOG_LEVEL=info
+AWS_LAMBDA_LOG_FORMAT=$log_format
 EOF
 # What the tests and the CLI need beyond the functions' own settings.
 cat >"$dir/client.env" <<EOF

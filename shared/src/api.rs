@@ -347,13 +347,12 @@ pub fn apply_cors<B>(config: &Config, request: &HeaderMap, resp: &mut Response<B
             .insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         resp.headers_mut()
             .append(VARY, HeaderValue::from_static("origin"));
-        // A page told to wait (429) can read how long.
-        if resp.headers().contains_key(http::header::RETRY_AFTER) {
-            resp.headers_mut().insert(
-                http::header::ACCESS_CONTROL_EXPOSE_HEADERS,
-                HeaderValue::from_static("retry-after"),
-            );
-        }
+        // A page can read how long a 429 asks it to wait, and the request id
+        // to quote to support.
+        resp.headers_mut().insert(
+            http::header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("retry-after, x-request-id"),
+        );
     }
 }
 

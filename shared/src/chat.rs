@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Method, Response, StatusCode};
-use lambda_http::{Error, Request};
+use lambda_http::{Error, Request, RequestExt};
 use serde_json::json;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
@@ -24,6 +24,7 @@ use crate::error::ApiError;
 use crate::inference::InferenceRequest;
 use crate::limits::{self, Admission};
 use crate::live::{self, Checkpointer};
+use crate::metrics::{self, Answer, Invocation};
 use crate::prompt::{self, Role, Turn, DEFAULT_TITLE};
 use crate::relay::{self, Ending, Interrupt, Outcome, Sink, Timing};
 use crate::state::AppState;
@@ -72,8 +73,10 @@ struct Job {
 /// `POST /api/conversations/{id}/messages`, and `GET .../stream` (resume).
 pub async fn send(state: Arc<AppState>, req: Request) -> Result<Response<ResponseBody>, Error> {
     if api::route_action(&req).is_some_and(|[_, action]| action == "stream") {
+        Invocation::of(&req).route("stream");
         return live::resume(state, req).await;
     }
+    Invocation::of(&req).route("messages");
     Ok(respond(&state, &req, prepare_send(&state, &req).await))
 }
 
@@ -82,6 +85,7 @@ pub async fn regenerate(
     state: Arc<AppState>,
     req: Request,
 ) -> Result<Response<ResponseBody>, Error> {
+    Invocation::of(&req).route("regenerate");
     Ok(respond(
         &state,
         &req,
@@ -95,7 +99,7 @@ fn respond(
     prepared: Result<Prepared, ApiError>,
 ) -> Response<ResponseBody> {
     let mut resp = match prepared {
-        Ok(Prepared::Stream(job)) => open_stream(*job),
+        Ok(Prepared::Stream(job)) => open_stream(*job, req),
         Ok(Prepared::Replay(replay)) => replay_stream(&replay),
         Ok(Prepared::Preflight) => api::preflight(&state.config, req),
         Err(err) => {
@@ -409,10 +413,49 @@ fn upstream_request(state: &AppState, turns: &[Turn], params: &ChatParams) -> In
     InferenceRequest::new(messages, params, &config.defaults)
 }
 
+/// What a stream's task carries of its invocation: the metrics record (written
+/// when the task ends, so it holds the whole answer) and the trace header.
+struct Invoked {
+    invocation: Invocation,
+    trace: Option<String>,
+    opened: Instant,
+}
+
+impl Invoked {
+    /// Records how the answer ended for the browser, from the events it ended
+    /// with; `deleted` when the live answer saw its conversation deleted (a
+    /// failed write is never taken for a deletion: that would hide a
+    /// `persist_failed` from its alarm).
+    fn answer(&self, outcome: Option<&Outcome>, end: &[serde_json::Value], deleted: bool) {
+        let code = end
+            .iter()
+            .find_map(|e| e.get("error").and_then(serde_json::Value::as_str));
+        let stopped = end.iter().any(|e| e.get("stopped").is_some());
+        let name = match code {
+            _ if deleted => "deleted",
+            Some(code) => metrics::OUTCOMES
+                .iter()
+                .find(|o| **o == code)
+                .copied()
+                .unwrap_or("other"),
+            None if stopped => "stopped",
+            None => "done",
+        };
+        self.invocation.answer(Answer {
+            outcome: name,
+            first_token: outcome.and_then(|o| o.first_token),
+            upstream_started: outcome.map(|o| o.started),
+            tokens: outcome.map_or(0, |o| o.token_count),
+            stream_opened: Some(self.opened),
+        });
+    }
+}
+
 /// Starts the work in its own task and returns the streaming response at once.
 /// The task owns the work: if the browser goes away, the upstream is still read
-/// to its end and the answer stored.
-fn open_stream(job: Job) -> Response<ResponseBody> {
+/// to its end and the answer stored. Its span is a child of the invocation's, so
+/// its log lines carry the request id too.
+fn open_stream(job: Job, req: &Request) -> Response<ResponseBody> {
     let (tx, rx) = mpsc::unbounded_channel();
     let span = tracing::info_span!(
         "chat",
@@ -420,12 +463,19 @@ fn open_stream(job: Job) -> Response<ResponseBody> {
         user_id = %job.user,
         kind = if job.user_message.is_some() { "send" } else { "regenerate" },
     );
+    let invoked = Invoked {
+        invocation: Invocation::of(req),
+        trace: req
+            .lambda_context_ref()
+            .and_then(|c| c.xray_trace_id.clone()),
+        opened: Instant::now(),
+    };
     // The stream stays open until the answer has left the user's generating
     // set: after `done`, one more write, and the invocation is over.
     let open = tx.clone();
     let (state, admission) = (job.state.clone(), job.admission.clone());
     let work = async move {
-        run(job, Sink::new(tx)).await;
+        run(job, Sink::new(tx), invoked).await;
         admission.finish(&state).await;
         drop(open);
     };
@@ -466,7 +516,7 @@ fn replay_stream(replay: &Replay) -> Response<ResponseBody> {
 /// How long the user-message write may wait for the upstream's response head.
 const WRITE_HOLD: Duration = Duration::from_millis(50);
 
-async fn run(job: Job, mut sink: Sink) {
+async fn run(job: Job, mut sink: Sink, invoked: Invoked) {
     let config = &job.state.config;
     let timing = Timing {
         ping: config.ping_interval,
@@ -507,7 +557,9 @@ async fn run(job: Job, mut sink: Sink) {
         };
         let upstream = async {
             let inference = &job.state.inference;
-            let opened = relay::open(inference, &job.request, &mut sink, timing, &mut live).await;
+            let trace = invoked.trace.as_deref();
+            let opened =
+                relay::open(inference, &job.request, trace, &mut sink, timing, &mut live).await;
             head_seen.notify_one();
             relay::stream(opened, &mut sink, timing, &mut live).await
         };
@@ -539,13 +591,14 @@ async fn run(job: Job, mut sink: Sink) {
 
     let outcome = match (stored_user, outcome) {
         (Ok(()), Some(outcome)) => outcome,
-        (result, _) => {
+        (result, upstream) => {
             if let Err(e) = &result {
                 warn!(error = %e, "user message not stored");
             }
             let error = json!({ "error": "persist_failed" });
             record(&job, Some(&error), false).await;
             finish_with_error(&mut sink, error.clone());
+            invoked.answer(upstream.as_ref(), std::slice::from_ref(&error), false);
             if matches!(result, Err(StoreError::NotFound)) {
                 // The conversation is gone: nobody can resume it.
                 release(&job.state, job.conversation.id, job.answer).await;
@@ -557,10 +610,16 @@ async fn run(job: Job, mut sink: Sink) {
             return;
         }
     };
-    conclude(&job, outcome, &mut sink, live).await;
+    conclude(&job, outcome, &mut sink, live, &invoked).await;
 }
 
-async fn conclude(job: &Job, outcome: Outcome, sink: &mut Sink, mut live: Checkpointer) {
+async fn conclude(
+    job: &Job,
+    outcome: Outcome,
+    sink: &mut Sink,
+    mut live: Checkpointer,
+    invoked: &Invoked,
+) {
     let keep_partial = match job.persist {
         Persist::Append => true,
         // A failed regeneration never touches the answer it was meant to replace.
@@ -656,6 +715,7 @@ async fn conclude(job: &Job, outcome: Outcome, sink: &mut Sink, mut live: Checkp
         for event in end {
             sink.event(event);
         }
+        invoked.answer(Some(&outcome), end, false);
         return;
     }
     // Nothing stored: the slot, the record (if any) and the last checkpoint end
@@ -686,6 +746,8 @@ async fn conclude(job: &Job, outcome: Outcome, sink: &mut Sink, mut live: Checkp
             (job.persist, &stored),
             (Persist::Append, Some(Err(StoreError::NotFound)))
         );
+    let deleted = outcome.ending == Ending::Interrupted(Interrupt::Gone);
+    invoked.answer(Some(&outcome), &end, deleted);
     if gone {
         release(&job.state, job.conversation.id, job.answer).await;
         live.discard().await;

@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::api;
 use crate::error::ApiError;
 use crate::live;
+use crate::metrics::Invocation;
 use crate::prompt::DEFAULT_TITLE;
 use crate::state::AppState;
 use crate::store::{CursorOr, StoreError};
@@ -24,6 +25,7 @@ const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 200;
 
 pub async fn handle(state: Arc<AppState>, req: Request) -> Result<Response<Body>, Error> {
+    Invocation::of(&req).route(route_name(&req));
     let mut resp = if req.method() == Method::OPTIONS {
         api::preflight(&state.config, &req)
     } else {
@@ -49,6 +51,21 @@ pub async fn handle(state: Arc<AppState>, req: Request) -> Result<Response<Body>
     };
     api::apply_cors(&state.config, req.headers(), &mut resp);
     Ok(resp)
+}
+
+/// The route's name in the metrics: a fixed set, never an id.
+fn route_name(req: &Request) -> &'static str {
+    let rest = api::conversation_route(req.uri().path());
+    match (rest.as_deref(), req.method()) {
+        (_, &Method::OPTIONS) => "preflight",
+        (Some([]), &Method::POST) => "create",
+        (Some([]), &Method::GET) => "list",
+        (Some([_]), &Method::GET) => "get",
+        (Some([_]), &Method::PUT) => "rename",
+        (Some([_]), &Method::DELETE) => "delete",
+        (Some([_, "stop"]), &Method::POST) => "stop",
+        _ => "other",
+    }
 }
 
 async fn route(state: &AppState, req: &Request) -> Result<Response<Body>, ApiError> {

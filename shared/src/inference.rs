@@ -123,13 +123,23 @@ impl InferenceClient {
         Ok(Self { http, url, api_key })
     }
 
-    /// Sends the request and waits for the response head.
-    pub async fn start(&self, request: &InferenceRequest) -> Result<reqwest::Response, StartError> {
-        let resp = self
+    /// Sends the request and waits for the response head. `trace` (the
+    /// invocation's X-Ray trace header) goes along as `X-Amzn-Trace-Id`, so the
+    /// upstream's logs of this call can be found from the function's.
+    pub async fn start(
+        &self,
+        request: &InferenceRequest,
+        trace: Option<&str>,
+    ) -> Result<reqwest::Response, StartError> {
+        let mut builder = self
             .http
             .post(self.url.clone())
             .header("x-internal-api-key", self.api_key.clone())
-            .header(http::header::ACCEPT, "text/event-stream")
+            .header(http::header::ACCEPT, "text/event-stream");
+        if let Some(trace) = trace.and_then(|t| HeaderValue::from_str(t).ok()) {
+            builder = builder.header("x-amzn-trace-id", trace);
+        }
+        let resp = builder
             .json(request)
             .send()
             .await

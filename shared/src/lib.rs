@@ -15,6 +15,7 @@ pub mod error;
 pub mod inference;
 pub mod limits;
 pub mod live;
+pub mod metrics;
 pub mod prompt;
 pub mod relay;
 pub mod runtime;

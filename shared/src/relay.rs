@@ -136,6 +136,10 @@ pub struct Outcome {
     pub token_count: u64,
     pub inference_time_ms: u64,
     pub ending: Ending,
+    /// When the upstream request was sent.
+    pub started: Instant,
+    /// When the first token was handed to the browser's stream.
+    pub first_token: Option<Instant>,
 }
 
 /// Sees an exchange's text as it arrives, and may cut it short.
@@ -186,16 +190,17 @@ pub struct Opened {
 }
 
 /// Sends the request and waits for the response head, pinging the browser
-/// meanwhile.
+/// meanwhile. `trace` is the invocation's X-Ray trace header, passed upstream.
 pub async fn open(
     client: &InferenceClient,
     request: &InferenceRequest,
+    trace: Option<&str>,
     sink: &mut Sink,
     timing: Timing,
     watch: &mut impl Watch,
 ) -> Opened {
     let started = Instant::now();
-    let head = match with_pings(client.start(request), sink, timing, watch).await {
+    let head = match with_pings(client.start(request, trace), sink, timing, watch).await {
         Err(cut) => Err(cut.ending(Failure::Unavailable)),
         Ok(Err(StartError::Unavailable)) => Err(Ending::Failed(Failure::Unavailable)),
         Ok(Err(StartError::Status(code))) => Err(Ending::Failed(Failure::Status(code))),
@@ -217,6 +222,8 @@ pub async fn stream(
         token_count: 0,
         inference_time_ms: 0,
         ending: Ending::Done,
+        started: opened.started,
+        first_token: None,
     };
     outcome.ending = match opened.head {
         Err(ending) => ending,
@@ -257,6 +264,7 @@ async fn read_stream(
                     outcome.content.push_str(&text);
                     outcome.token_count += 1;
                     sink.queue(&json);
+                    outcome.first_token.get_or_insert_with(Instant::now);
                     watch.text(&text, outcome.token_count);
                 }
                 Event::Other { json } => sink.queue(&json),

@@ -20,10 +20,11 @@ use http::{HeaderMap, HeaderValue};
 use lambda_http::request::LambdaRequest;
 use lambda_http::tower::ServiceBuilder;
 use lambda_http::{
-    service_fn, Adapter, Body, Error, LambdaEvent, Request, Response, StreamAdapter,
+    service_fn, Adapter, Body, Error, LambdaEvent, Request, RequestExt, Response, StreamAdapter,
 };
 
 use crate::api::{ResponseBody, BODY_ERROR_HEADER};
+use crate::metrics::Invocation;
 use crate::runtime_api;
 use crate::state::AppState;
 
@@ -49,28 +50,94 @@ where
 }
 
 /// Runs a handler whose responses stream (Lambda response streaming).
-pub async fn run_streaming<F, Fut>(handler: F) -> Result<(), Error>
+pub async fn run_streaming<F, Fut>(state: Arc<AppState>, handler: F) -> Result<(), Error>
 where
-    F: FnMut(Request) -> Fut + Send,
+    F: Fn(Arc<AppState>, Request) -> Fut + Send,
     Fut: Future<Output = Result<Response<ResponseBody>, Error>> + Send + 'static,
 {
+    let function = function_name();
     let service = ServiceBuilder::new()
         .map_request(sanitize)
-        .service(StreamAdapter::from(service_fn(handler)));
+        .service(StreamAdapter::from(service_fn(move |mut req| {
+            let (invocation, request_id) = begin(&state, &function, &mut req);
+            let reply = handler(state.clone(), req);
+            async move { end(invocation, request_id, reply.await) }
+        })));
     runtime_api::run(service).await
 }
 
 /// Runs a handler with whole (buffered) responses.
-pub async fn run_buffered<F, Fut>(handler: F) -> Result<(), Error>
+pub async fn run_buffered<F, Fut>(state: Arc<AppState>, handler: F) -> Result<(), Error>
 where
-    F: FnMut(Request) -> Fut + Send,
+    F: Fn(Arc<AppState>, Request) -> Fut + Send,
     Fut: Future<Output = Result<Response<Body>, Error>> + Send + 'static,
 {
+    let function = function_name();
     let service = ServiceBuilder::new()
         .map_request(sanitize)
         .map_response(runtime_api::Buffered)
-        .service(Adapter::from(service_fn(handler)));
+        .service(Adapter::from(service_fn(move |mut req| {
+            let (invocation, request_id) = begin(&state, &function, &mut req);
+            let reply = handler(state.clone(), req);
+            async move { end(invocation, request_id, reply.await) }
+        })));
     runtime_api::run(service).await
+}
+
+/// The metric dimension naming the function: its name in Lambda.
+fn function_name() -> Arc<str> {
+    std::env::var("AWS_LAMBDA_FUNCTION_NAME")
+        .unwrap_or_default()
+        .into()
+}
+
+/// The response header carrying the Lambda request id: what a user quotes to
+/// support, and what finds the invocation's log lines and metrics record.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Starts the invocation's metrics record and hands it to the handler in the
+/// request's extensions (see [`crate::metrics`]).
+fn begin(
+    state: &AppState,
+    function: &Arc<str>,
+    req: &mut Request,
+) -> (Invocation, Option<HeaderValue>) {
+    let (request_id, trace_id) = req
+        .lambda_context_ref()
+        .map(|c| (c.request_id.clone(), c.xray_trace_id.clone()))
+        .unwrap_or_default();
+    let header = Some(request_id.as_str())
+        .filter(|id| !id.is_empty())
+        .and_then(|id| HeaderValue::from_str(id).ok());
+    let invocation = Invocation::start(
+        function.clone(),
+        request_id,
+        trace_id,
+        state.dynamodb_counters.clone(),
+    );
+    req.extensions_mut().insert(invocation.clone());
+    (invocation, header)
+}
+
+/// Records the status the client gets and names the request in the response.
+/// The record is written once the last part of the invocation holding it (the
+/// handler, or a stream's task) is done.
+fn end<B>(
+    invocation: Invocation,
+    request_id: Option<HeaderValue>,
+    mut reply: Result<Response<B>, Error>,
+) -> Result<Response<B>, Error> {
+    match &mut reply {
+        Ok(resp) => {
+            invocation.status(resp.status().as_u16());
+            if let Some(id) = request_id {
+                resp.headers_mut().insert(REQUEST_ID_HEADER, id);
+            }
+        }
+        // An invocation error reaches the client as a 502.
+        Err(_) => invocation.status(502),
+    }
+    reply
 }
 
 /// Removes an undecodable base64 body and marks the request (see module docs).

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::inference::InferenceClient;
+use crate::metrics::{DynamoCounters, DynamoInterceptor};
 use crate::store::Store;
 
 #[derive(Clone)]
@@ -13,6 +14,8 @@ pub struct AppState {
     pub store: Store,
     pub inference: InferenceClient,
     pub verifier: Verifier,
+    /// The DynamoDB client's retries and throttles, for each invocation's metrics.
+    pub dynamodb_counters: Arc<DynamoCounters>,
 }
 
 impl AppState {
@@ -52,8 +55,15 @@ impl AppState {
             )
             .load()
             .await;
-        let dynamodb = aws_sdk_dynamodb::Client::new(&aws);
-        Self::new(config, dynamodb).map(Arc::new)
+        let counters = Arc::new(DynamoCounters::default());
+        let dynamodb = aws_sdk_dynamodb::Client::from_conf(
+            aws_sdk_dynamodb::config::Builder::from(&aws)
+                .interceptor(DynamoInterceptor(counters.clone()))
+                .build(),
+        );
+        let mut state = Self::new(config, dynamodb)?;
+        state.dynamodb_counters = counters;
+        Ok(Arc::new(state))
     }
 
     pub fn new(config: Config, dynamodb: aws_sdk_dynamodb::Client) -> Result<Self, String> {
@@ -64,6 +74,7 @@ impl AppState {
             inference: InferenceClient::new(&config)?,
             verifier,
             config,
+            dynamodb_counters: Arc::default(),
         })
     }
 }

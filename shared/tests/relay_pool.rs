@@ -110,7 +110,7 @@ async fn consecutive_sends_share_one_upstream_connection() {
             ping: Duration::from_secs(30),
             deadline: tokio::time::Instant::now() + Duration::from_secs(30),
         };
-        let opened = open(&client, &request, &mut sink, timing, &mut Unwatched).await;
+        let opened = open(&client, &request, None, &mut sink, timing, &mut Unwatched).await;
         let outcome = stream(opened, &mut sink, timing, &mut Unwatched).await;
         assert_eq!(outcome.ending, Ending::Done, "turn {turn}");
         assert_eq!(outcome.content, "namaste");

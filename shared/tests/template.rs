@@ -1,7 +1,9 @@
 //! Holds `template.yaml` (the SAM bundle) to the code: the table's keys and index
 //! are `samosachaat::schema`'s, every function gets the configuration
-//! `Config::from_env` reads, the streaming functions stream, and each role allows
-//! only the DynamoDB actions its function uses, on the table and its index.
+//! `Config::from_env` reads, the streaming functions stream, each role allows
+//! only the DynamoDB actions its function uses, on the table and its index, and
+//! every alarm and dashboard chart reads a metric `samosachaat::metrics` writes,
+//! with the dimensions it writes it with.
 //!
 //! The template is read with a small CloudFormation-aware loader over
 //! yaml-rust2's events: short tags become their long form (`!Ref X` is
@@ -606,5 +608,317 @@ fn each_role_allows_only_the_dynamodb_actions_its_function_uses() {
             })
             .collect();
         assert_eq!(actual, wanted, "{id}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Operations: alarms and the dashboard watch what the code writes
+
+/// A metric an alarm or the dashboard reads: namespace, name, dimensions (name
+/// to value).
+struct Watched {
+    namespace: String,
+    name: String,
+    dimensions: BTreeMap<String, Value>,
+}
+
+/// The metrics an alarm reads, as a single metric or as metric math.
+fn watched_by(alarm: &Value) -> Vec<Watched> {
+    let p = &alarm["Properties"];
+    let single = p["MetricName"].is_string().then(|| (p, &p["Dimensions"]));
+    let stats = as_list(&p["Metrics"]);
+    let from_math = stats
+        .iter()
+        .filter(|m| m["MetricStat"].is_object())
+        .map(|m| &m["MetricStat"]["Metric"]);
+    single
+        .into_iter()
+        .chain(from_math.map(|m| (m, &m["Dimensions"])))
+        .map(|(m, dims)| Watched {
+            namespace: m["Namespace"].as_str().expect("Namespace").to_owned(),
+            name: m["MetricName"].as_str().expect("MetricName").to_owned(),
+            dimensions: as_list(dims)
+                .iter()
+                .map(|d| {
+                    (
+                        d["Name"].as_str().expect("dimension Name").to_owned(),
+                        d["Value"].clone(),
+                    )
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+const LAMBDA_METRICS: &[&str] = &[
+    "Errors",
+    "Throttles",
+    "Invocations",
+    "ConcurrentExecutions",
+    "Duration",
+];
+
+/// Holds a watched metric to what the code writes: a metric of
+/// `samosachaat::metrics` with one of the dimension sets its group is written
+/// with, a function of this template, an outcome the code has; or a Lambda
+/// metric of one of the functions.
+fn assert_written_by_the_code(w: &Watched, context: &str) {
+    use samosachaat::metrics as m;
+    let function_ids: Vec<&str> = FUNCTIONS.iter().map(|(id, ..)| *id).collect();
+    let function_ref = |v: &Value| {
+        v["Ref"]
+            .as_str()
+            .is_some_and(|id| function_ids.contains(&id))
+    };
+    match w.namespace.as_str() {
+        m::NAMESPACE => {
+            let sets = if m::REQUEST_METRICS.contains(&w.name.as_str()) {
+                m::REQUEST_DIMENSIONS
+            } else if m::ANSWER_METRICS.contains(&w.name.as_str()) {
+                m::ANSWER_DIMENSIONS
+            } else {
+                panic!("{context}: {} is not a metric the code writes", w.name)
+            };
+            assert!(
+                m::METRICS.iter().any(|(name, _)| *name == w.name),
+                "{context}: {} has no unit",
+                w.name
+            );
+            let names: BTreeSet<&str> = w.dimensions.keys().map(String::as_str).collect();
+            assert!(
+                sets.iter()
+                    .any(|set| set.iter().copied().collect::<BTreeSet<_>>() == names),
+                "{context}: {} is not written with dimensions {names:?}",
+                w.name
+            );
+            assert!(
+                function_ref(&w.dimensions[m::FUNCTION]),
+                "{context}: function must be a Ref to a function of this template"
+            );
+            if let Some(outcome) = w.dimensions.get(m::OUTCOME) {
+                let outcome = outcome.as_str().expect("outcome");
+                assert!(m::OUTCOMES.contains(&outcome), "{context}: {outcome}");
+            }
+        }
+        "AWS/Lambda" => {
+            assert!(LAMBDA_METRICS.contains(&w.name.as_str()), "{context}");
+            assert!(
+                function_ref(&w.dimensions["FunctionName"]),
+                "{context}: FunctionName must be a Ref to a function of this template"
+            );
+        }
+        other => panic!("{context}: unexpected namespace {other}"),
+    }
+}
+
+#[test]
+fn alarms_watch_metrics_the_code_writes() {
+    let t = template();
+    let alarms = resources_of_type(&t, "AWS::CloudWatch::Alarm");
+    assert!(!alarms.is_empty());
+    for (id, alarm) in &alarms {
+        let watched = watched_by(alarm);
+        assert!(!watched.is_empty(), "{id} watches nothing");
+        for w in &watched {
+            assert_written_by_the_code(w, id);
+        }
+    }
+}
+
+#[test]
+fn the_alarms_an_operator_needs_are_there_with_thresholds_as_parameters() {
+    use samosachaat::metrics as m;
+    let t = template();
+    let alarms = resources_of_type(&t, "AWS::CloudWatch::Alarm");
+    let watching = |namespace: &str, name: &str, function: &str, outcome: Option<&str>| {
+        alarms
+            .iter()
+            .filter(|(_, alarm)| {
+                watched_by(alarm).iter().any(|w| {
+                    let function_dim = if namespace == "AWS/Lambda" {
+                        "FunctionName"
+                    } else {
+                        m::FUNCTION
+                    };
+                    w.namespace == namespace
+                        && w.name == name
+                        && w.dimensions.get(function_dim) == Some(&json!({ "Ref": function }))
+                        && w.dimensions.get(m::OUTCOME).and_then(Value::as_str) == outcome
+                })
+            })
+            .map(|(id, alarm)| (*id, *alarm))
+            .collect::<Vec<_>>()
+    };
+    for (function, ..) in FUNCTIONS {
+        for name in ["Errors", "Throttles"] {
+            assert!(
+                !watching("AWS/Lambda", name, function, None).is_empty(),
+                "no alarm on {function}'s {name}"
+            );
+        }
+    }
+    for function in ["SendFunction", "RegenerateFunction"] {
+        let persist = watching(m::NAMESPACE, m::ANSWERS, function, Some("persist_failed"));
+        assert_eq!(persist.len(), 1, "persist_failed of {function}");
+        // Any persist_failed: at least one answer in a period.
+        let p = &persist[0].1["Properties"];
+        assert_eq!(p["Threshold"], 1);
+        assert_eq!(p["ComparisonOperator"], "GreaterThanOrEqualToThreshold");
+        for outcome in ["inference_unavailable", "inference_error"] {
+            let rate = watching(m::NAMESPACE, m::ANSWERS, function, Some(outcome));
+            assert_eq!(rate.len(), 1, "{outcome} of {function}");
+            // A rate: the same alarm divides by all of the function's answers.
+            assert!(watched_by(rate[0].1).iter().any(|w| w.name == m::ANSWERS
+                && w.dimensions.len() == 1
+                && w.dimensions[m::FUNCTION] == json!({ "Ref": function })));
+        }
+        let ttft = watching(m::NAMESPACE, m::TIME_TO_FIRST_TOKEN, function, None);
+        assert_eq!(ttft.len(), 1, "TTFT alarm of {function}");
+        assert_eq!(ttft[0].1["Properties"]["ExtendedStatistic"], "p95");
+    }
+
+    let parameters = t["Parameters"].as_object().expect("Parameters");
+    for (id, alarm) in &alarms {
+        let p = &alarm["Properties"];
+        match &p["Threshold"] {
+            Value::Object(r) => {
+                let name = r["Ref"].as_str().expect("Threshold: a Ref");
+                assert_eq!(parameters[name]["Type"], "Number", "{id}: {name}");
+            }
+            fixed => assert_eq!(fixed, &json!(1), "{id}: only 'any' is fixed"),
+        }
+        assert_eq!(p["TreatMissingData"], "notBreaching", "{id}");
+        // Both notification targets optional: a topic made for an email, an
+        // existing topic, each only when given.
+        let actions = json!([
+            {"Fn::If": ["HasAlarmEmail", {"Ref": "AlarmTopic"}, {"Ref": "AWS::NoValue"}]},
+            {"Fn::If": ["HasAlarmTopicArn", {"Ref": "AlarmTopicArn"}, {"Ref": "AWS::NoValue"}]},
+        ]);
+        assert_eq!(p["AlarmActions"], actions, "{id}");
+        assert_eq!(p["OKActions"], actions, "{id}");
+    }
+    // Lambda files the metrics records (JSON without a level) at INFO: a
+    // higher application log level would drop them.
+    assert_eq!(
+        parameters["LogLevel"]["AllowedValues"],
+        json!(["TRACE", "DEBUG", "INFO"])
+    );
+    for (id, ..) in FUNCTIONS {
+        let logging = &function(&t, id)["Properties"]["LoggingConfig"];
+        assert_eq!(logging["LogFormat"], "JSON", "{id}");
+        assert_eq!(
+            logging["ApplicationLogLevel"],
+            json!({"Ref": "LogLevel"}),
+            "{id}"
+        );
+    }
+    let topic = &t["Resources"]["AlarmTopic"];
+    assert_eq!(topic["Type"], "AWS::SNS::Topic");
+    assert_eq!(topic["Condition"], "HasAlarmEmail");
+    for (condition, parameter) in [
+        ("HasAlarmEmail", "AlarmEmail"),
+        ("HasAlarmTopicArn", "AlarmTopicArn"),
+    ] {
+        assert_eq!(
+            t["Conditions"][condition],
+            json!({"Fn::Not": [{"Fn::Equals": [{"Ref": parameter}, ""]}]})
+        );
+        assert_eq!(parameters[parameter]["Default"], "", "{parameter} optional");
+    }
+}
+
+#[test]
+fn the_dashboard_charts_metrics_the_code_writes_and_every_alarm() {
+    use samosachaat::metrics as m;
+    let t = template();
+    let dashboards = resources_of_type(&t, "AWS::CloudWatch::Dashboard");
+    assert_eq!(dashboards.len(), 1, "one dashboard");
+    let source = dashboards[0].1["Properties"]["DashboardBody"]["Fn::Sub"]
+        .as_str()
+        .expect("DashboardBody: !Sub of the JSON");
+
+    // Every ${...} names a function, an alarm's Arn or the region; replaced by a
+    // marker the checks below recognise.
+    let mut body = String::new();
+    let mut rest = source;
+    while let Some(at) = rest.find("${") {
+        body.push_str(&rest[..at]);
+        let end = rest[at..].find('}').expect("closing }") + at;
+        let name = &rest[at + 2..end];
+        let (resource, attribute) = name.split_once('.').unwrap_or((name, ""));
+        if name != "AWS::Region" {
+            let kind = &t["Resources"][resource]["Type"];
+            assert!(
+                (attribute.is_empty() && kind == "AWS::Serverless::Function")
+                    || (attribute == "Arn" && kind == "AWS::CloudWatch::Alarm"),
+                "${{{name}}}"
+            );
+        }
+        body.push_str(&format!("@{name}@"));
+        rest = &rest[end + 1..];
+    }
+    body.push_str(rest);
+    let dashboard: Value = serde_json::from_str(&body).expect("the dashboard body is JSON");
+
+    let mut charted = BTreeSet::new();
+    let mut alarms_shown = BTreeSet::new();
+    for widget in dashboard["widgets"].as_array().expect("widgets") {
+        let props = &widget["properties"];
+        for alarm in as_list(&props["alarms"]) {
+            alarms_shown.insert(alarm.as_str().expect("alarm").to_owned());
+        }
+        for row in as_list(&props["metrics"]) {
+            let row = row.as_array().expect("a metric row is a list");
+            let Some(namespace) = row[0].as_str() else {
+                // An expression; a SEARCH names its namespace and metric.
+                let expression = row[0]["expression"].as_str().expect("expression");
+                if let Some(search) = expression.strip_prefix("SEARCH('{") {
+                    let namespace = search.split(',').next().expect("namespace");
+                    assert_eq!(namespace, m::NAMESPACE, "{expression}");
+                    let name = search
+                        .split("MetricName=\\\"")
+                        .nth(1)
+                        .or_else(|| search.split("MetricName=\"").nth(1))
+                        .and_then(|s| s.split(['\\', '"']).next())
+                        .expect("MetricName in SEARCH");
+                    assert!(m::METRICS.iter().any(|(n, _)| *n == name), "{expression}");
+                    charted.insert(name.to_owned());
+                }
+                continue;
+            };
+            let name = row[1].as_str().expect("metric name");
+            let dimensions = row[2..]
+                .chunks(2)
+                .filter(|pair| pair.len() == 2 && pair[0].is_string())
+                .map(|pair| {
+                    let value = pair[1].as_str().expect("dimension value");
+                    let value = value
+                        .strip_prefix('@')
+                        .and_then(|v| v.strip_suffix('@'))
+                        .map_or_else(|| json!(value), |id| json!({ "Ref": id }));
+                    (pair[0].as_str().expect("dimension").to_owned(), value)
+                })
+                .collect();
+            assert_written_by_the_code(
+                &Watched {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                    dimensions,
+                },
+                "dashboard",
+            );
+            if namespace == m::NAMESPACE {
+                charted.insert(name.to_owned());
+            }
+        }
+    }
+    for (name, _) in m::METRICS {
+        assert!(charted.contains(*name), "{name} is not on the dashboard");
+    }
+    for (id, _) in resources_of_type(&t, "AWS::CloudWatch::Alarm") {
+        assert!(
+            alarms_shown.contains(&format!("@{id}.Arn@")),
+            "{id} is not on the dashboard"
+        );
     }
 }

@@ -3,7 +3,5 @@
 use samosachaat::{conversations, runtime};
 
 fn main() -> Result<(), lambda_http::Error> {
-    runtime::main(|state| {
-        runtime::run_buffered(move |req| conversations::handle(state.clone(), req))
-    })
+    runtime::main(|state| runtime::run_buffered(state, conversations::handle))
 }

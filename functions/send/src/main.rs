@@ -3,5 +3,5 @@
 use samosachaat::{chat, runtime};
 
 fn main() -> Result<(), lambda_http::Error> {
-    runtime::main(|state| runtime::run_streaming(move |req| chat::send(state.clone(), req)))
+    runtime::main(|state| runtime::run_streaming(state, chat::send))
 }
