@@ -19,7 +19,7 @@
 use aws_sdk_dynamodb::types::AttributeValue;
 use uuid::Uuid;
 
-use super::{classify, n, s, Store, StoreError};
+use super::{applied, classify, n, s, Store, StoreError};
 
 const LIMIT_PREFIX: &str = "LIMIT#";
 const ACTIVE_SK: &str = "ACTIVE";
@@ -70,21 +70,6 @@ fn limit_pk(user: Uuid) -> String {
     format!("{LIMIT_PREFIX}{user}")
 }
 
-/// Maps a failed condition to `Ok(false)`.
-fn admitted<T, E, R>(
-    result: Result<T, aws_sdk_dynamodb::error::SdkError<E, R>>,
-) -> Result<bool, StoreError>
-where
-    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug,
-{
-    match result.map_err(classify) {
-        Ok(_) => Ok(true),
-        Err(StoreError::NotFound) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
 impl Store {
     /// Counts request `id` in `window` if it has room: one conditional
     /// UpdateItem, atomic however many requests race. `false` when the window is
@@ -96,11 +81,7 @@ impl Store {
         id: Uuid,
     ) -> Result<bool, StoreError> {
         let update = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(limit_pk(user)))
-            .key("sk", s(&window.sk))
+            .update_at(limit_pk(user), &window.sk)
             .expression_attribute_values(":limit", n(u64::from(window.limit)))
             .expression_attribute_values(":exp", AttributeValue::N(window.expires_at.to_string()));
         let update = if window.exact {
@@ -117,7 +98,7 @@ impl Store {
                 .condition_expression("attribute_not_exists(n) OR n < :limit")
                 .expression_attribute_values(":one", n(1))
         };
-        admitted(update.send().await)
+        applied(update.send().await.map_err(classify))
     }
 
     /// Takes back request `id` counted in `window` (it was refused for another
@@ -128,12 +109,7 @@ impl Store {
         window: &Window,
         id: Uuid,
     ) -> Result<(), StoreError> {
-        let update = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(limit_pk(user)))
-            .key("sk", s(&window.sk));
+        let update = self.update_at(limit_pk(user), &window.sk);
         let update = if window.exact {
             update
                 .update_expression("DELETE ids :id")
@@ -146,7 +122,7 @@ impl Store {
                 .expression_attribute_values(":minus", AttributeValue::N("-1".into()))
                 .expression_attribute_values(":zero", n(0))
         };
-        admitted(update.send().await).map(|_| ())
+        applied(update.send().await.map_err(classify)).map(|_| ())
     }
 
     /// Adds `held` to the user's generating answers if fewer than `cap` are
@@ -159,11 +135,7 @@ impl Store {
         expires_at: i64,
     ) -> Result<bool, StoreError> {
         let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(limit_pk(user)))
-            .key("sk", s(ACTIVE_SK))
+            .update_at(limit_pk(user), ACTIVE_SK)
             .update_expression("ADD answers :held SET expires_at = :exp")
             // A retry of an applied update finds its own entry there.
             .condition_expression(
@@ -175,7 +147,7 @@ impl Store {
             .expression_attribute_values(":exp", AttributeValue::N(expires_at.to_string()))
             .send()
             .await;
-        admitted(result)
+        applied(result.map_err(classify))
     }
 
     /// The user's generating answers, strongly consistent. Entries that do not
@@ -226,22 +198,16 @@ impl Store {
         if entries.is_empty() {
             return Ok(());
         }
-        self.client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(limit_pk(user)))
-            .key("sk", s(ACTIVE_SK))
+        let dropped = self
+            .update_at(limit_pk(user), ACTIVE_SK)
             .update_expression("DELETE answers :gone")
             .condition_expression("attribute_exists(pk)")
             .expression_attribute_values(":gone", AttributeValue::Ss(entries))
             .send()
             .await
-            .map_err(classify)
-            .map(|_| ())
-            .or_else(|e| match e {
-                StoreError::NotFound => Ok(()),
-                e => Err(e),
-            })
+            .map_err(classify);
+        // No record: nothing to drop.
+        applied(dropped).map(|_| ())
     }
 }
 

@@ -16,8 +16,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{
-    build_err, classify, conversation_pk, message_sk, n, num_attr, s, str_attr, Conversation, Item,
-    Message, MessageStatus, Store, StoreError, TxFailure, META_SK,
+    applied, build_err, classify, conversation_pk, message_sk, n, num_attr, s, str_attr,
+    Conversation, Item, Message, MessageStatus, Store, StoreError, TxFailure, META_SK,
 };
 use crate::prompt::Role;
 use crate::time_fmt;
@@ -109,16 +109,6 @@ impl SlotGuard {
     }
 }
 
-/// A conditional write on the slot: `false` when its condition failed (the slot
-/// no longer holds the answer).
-fn held<T>(written: Result<T, StoreError>) -> Result<bool, StoreError> {
-    match written {
-        Ok(_) => Ok(true),
-        Err(StoreError::NotFound) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
 fn checkpoint_sk(answer: Uuid, seq: u32) -> String {
     format!("{LIVE_PREFIX}{answer}#{seq:08}")
 }
@@ -183,11 +173,7 @@ impl Store {
         deadline_ms: u64,
     ) -> Result<SlotClaim, StoreError> {
         let claimed = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(conversation_pk(conversation)))
-            .key("sk", s(META_SK))
+            .update_at(conversation_pk(conversation), META_SK)
             .condition_expression(
                 "attribute_exists(pk) AND user_id = :u AND attribute_not_exists(live_id)",
             )
@@ -218,18 +204,14 @@ impl Store {
     /// longer did, which is fine too.
     pub async fn release_slot(&self, conversation: Uuid, answer: Uuid) -> Result<bool, StoreError> {
         let released = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(conversation_pk(conversation)))
-            .key("sk", s(META_SK))
+            .update_at(conversation_pk(conversation), META_SK)
             .condition_expression("live_id = :a")
             .update_expression(RELEASE)
             .expression_attribute_values(":a", s(answer.to_string()))
             .send()
             .await
             .map_err(classify);
-        held(released)
+        applied(released)
     }
 
     /// Records a stop for `answer`; `false` when the slot no longer holds it.
@@ -240,11 +222,7 @@ impl Store {
         answer: Uuid,
     ) -> Result<bool, StoreError> {
         let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(conversation_pk(conversation)))
-            .key("sk", s(META_SK))
+            .update_at(conversation_pk(conversation), META_SK)
             .condition_expression("user_id = :u AND live_id = :a")
             .update_expression("SET live_stop = :a")
             .expression_attribute_values(":u", s(user.to_string()))
@@ -252,7 +230,7 @@ impl Store {
             .send()
             .await
             .map_err(classify);
-        held(result)
+        applied(result)
     }
 
     /// Is `answer` still the live answer, and was it asked to stop: one GetItem
@@ -466,7 +444,7 @@ impl Store {
                 status: MessageStatus::Incomplete,
             };
             // The answer's own write, as its function would have made it.
-            held(
+            applied(
                 self.append_message_with(
                     conversation.user_id,
                     conversation,

@@ -105,6 +105,19 @@ impl Store {
         }
     }
 
+    /// An UpdateItem of the item `pk`/`sk`, its table and key set.
+    fn update_at(
+        &self,
+        pk: String,
+        sk: &str,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .key("sk", s(sk))
+    }
+
     /// Every item a Query returns, following its pages to the end. `query` builds
     /// the request; the page's start key is added here.
     async fn query_all(
@@ -260,6 +273,16 @@ fn backoff(attempt: u32) -> Duration {
     let cap = 20u64 << attempt.min(6);
     let jitter = u64::from(time_fmt::now().nanosecond()) % cap.max(1);
     Duration::from_millis(cap / 2 + jitter / 2)
+}
+
+/// A conditional write's outcome: `false` when its condition failed (the
+/// store reports that as [`StoreError::NotFound`]), any other error as it is.
+fn applied<T>(written: Result<T, StoreError>) -> Result<bool, StoreError> {
+    match written {
+        Ok(_) => Ok(true),
+        Err(StoreError::NotFound) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 fn str_attr<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
