@@ -121,17 +121,16 @@ async fn prepare_send(state: &Arc<AppState>, req: &Request) -> Result<Prepared, 
     let user = state.verifier.authenticate(req.headers())?.id;
     let id = api::conversation_id(id)?;
     let body = api::decode_send(api::body_bytes(req)?)?;
-    let key = api::idempotency_key(req.headers())?;
+    let key = idempotency_key(req, user, || {
+        fingerprint("send", id, Some(&body.content), &body.params)
+    })?;
 
     // Made in this order, so the answer sorts after its question.
     let question = Uuid::now_v7();
     let answer = Uuid::now_v7();
     let (ctx, admission) = match load_and_claim(state, user, id, answer).await {
         Ok(loaded) => loaded,
-        Err(refused) => {
-            let fingerprint = || fingerprint("send", id, Some(&body.content), &body.params);
-            return replay_if_refused(state, user, key, fingerprint, refused).await;
-        }
+        Err(refused) => return replay_if_refused(state, key, refused).await,
     };
     let prepared = async {
         let conversation = ctx.conversation;
@@ -151,8 +150,7 @@ async fn prepare_send(state: &Arc<AppState>, req: &Request) -> Result<Prepared, 
 
         let mut turns: Vec<Turn> = ctx.recent.iter().map(Message::turn).collect();
         turns.push(message.turn());
-        let fingerprint = || fingerprint("send", id, Some(&message.content), &body.params);
-        let idempotency = match claim(state, user, key, fingerprint).await? {
+        let idempotency = match claim(state, key).await? {
             Ok(idempotency) => idempotency,
             Err(replay) => return Ok(Prepared::Replay(replay)),
         };
@@ -181,12 +179,11 @@ async fn prepare_regenerate(state: &Arc<AppState>, req: &Request) -> Result<Prep
     let user = state.verifier.authenticate(req.headers())?.id;
     let id = api::conversation_id(id)?;
     let params = api::decode_regenerate(api::body_bytes(req)?)?;
-    let key = api::idempotency_key(req.headers())?;
+    let key = idempotency_key(req, user, || fingerprint("regenerate", id, None, &params))?;
     let answer = Uuid::now_v7();
-    let fingerprint = || fingerprint("regenerate", id, None, &params);
     let (ctx, admission) = match load_and_claim(state, user, id, answer).await {
         Ok(loaded) => loaded,
-        Err(refused) => return replay_if_refused(state, user, key, fingerprint, refused).await,
+        Err(refused) => return replay_if_refused(state, key, refused).await,
     };
 
     let prepared = async {
@@ -205,7 +202,7 @@ async fn prepare_regenerate(state: &Arc<AppState>, req: &Request) -> Result<Prep
             replaces: (last.role == Role::Assistant).then_some(last.id),
         });
         let turns: Vec<Turn> = ctx.recent[..=last_user].iter().map(Message::turn).collect();
-        let idempotency = match claim(state, user, key, fingerprint).await? {
+        let idempotency = match claim(state, key).await? {
             Ok(idempotency) => idempotency,
             Err(replay) => return Ok(Prepared::Replay(replay)),
         };
@@ -323,18 +320,11 @@ async fn keep_slot_if_streaming(
 /// counting it again. Any other refusal stands.
 async fn replay_if_refused(
     state: &AppState,
-    user: Uuid,
-    key: Option<String>,
-    fingerprint: impl FnOnce() -> String,
+    key: Option<IdempotencyKey>,
     refused: ApiError,
 ) -> Result<Prepared, ApiError> {
     let (ApiError::TooManyRequests { .. }, Some(key)) = (&refused, key) else {
         return Err(refused);
-    };
-    let key = IdempotencyKey {
-        user,
-        key,
-        fingerprint: fingerprint(),
     };
     match state.store.recorded(&key).await {
         Ok(Some(Claim::Finished(replay))) => Ok(Prepared::Replay(replay)),
@@ -380,21 +370,30 @@ fn fingerprint(
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The request's `Idempotency-Key`, if it has one, bound to its user and to a
+/// digest of what it asks for (made only when there is a key).
+fn idempotency_key(
+    req: &Request,
+    user: Uuid,
+    fingerprint: impl FnOnce() -> String,
+) -> Result<Option<IdempotencyKey>, ApiError> {
+    Ok(
+        api::idempotency_key(req.headers())?.map(|key| IdempotencyKey {
+            user,
+            key,
+            fingerprint: fingerprint(),
+        }),
+    )
+}
+
 /// Claims the request's `Idempotency-Key`, if it has one. `Ok(Err(replay))` means a
 /// retry of a finished request: answer it from the record, run nothing.
 async fn claim(
     state: &AppState,
-    user: Uuid,
-    key: Option<String>,
-    fingerprint: impl FnOnce() -> String,
+    key: Option<IdempotencyKey>,
 ) -> Result<Result<Option<IdempotencyKey>, Replay>, ApiError> {
     let Some(key) = key else {
         return Ok(Ok(None));
-    };
-    let key = IdempotencyKey {
-        user,
-        key,
-        fingerprint: fingerprint(),
     };
     match state.store.claim(&key).await? {
         Claim::New => Ok(Ok(Some(key))),
