@@ -482,6 +482,8 @@ fn side_by_side(o: &mut String, i: &Input) {
     let _ = writeln!(o);
 }
 
+/// Which of a send's request counts a report row shows.
+type CountOf = fn(&Counted) -> usize;
 /// Which of a send's request units a report row shows.
 type UnitsOf = fn(&Counted) -> Units;
 
@@ -505,31 +507,30 @@ fn requests(o: &mut String, i: &Input) {
         "DynamoDB per send (a separate process, through counting proxies; host share)"
     );
     for (label, set) in [("", &plain), ("with Idempotency-Key: ", &keyed)] {
-        let of = |f: fn(&Counted) -> f64| set.iter().map(|c| f(c)).collect::<Vec<f64>>();
         let mut row = |name: &str, value: String| {
             let _ = writeln!(o, "  {:<58} {value}", format!("{label}{name}"));
         };
-        row(
-            "requests started before the upstream call opens",
-            range(of(|c| c.before_open as f64)),
-        );
-        row(
-            "  round trips among them (overlapping requests count once)",
-            range(of(|c| c.round_trips_before_open as f64)),
-        );
-        row(
-            "  of which per-user limit records (beside the Query)",
-            range(of(|c| c.limits_before_open as f64)),
-        );
-        row(
-            "  requests before the upstream request's first byte",
-            range(of(|c| c.before_request as f64)),
-        );
-        row("requests per send, total", range(of(|c| c.total as f64)));
-        row(
-            "connections opened per send",
-            range(of(|c| c.connections as f64)),
-        );
+        let counts: [(&str, CountOf); 6] = [
+            ("requests started before the upstream call opens", |c| {
+                c.before_open
+            }),
+            (
+                "  round trips among them (overlapping requests count once)",
+                |c| c.round_trips_before_open,
+            ),
+            (
+                "  of which per-user limit records (beside the Query)",
+                |c| c.limits_before_open,
+            ),
+            ("  requests before the upstream request's first byte", |c| {
+                c.before_request
+            }),
+            ("requests per send, total", |c| c.total),
+            ("connections opened per send", |c| c.connections),
+        ];
+        for (name, count) in counts {
+            row(name, range(set.iter().map(|c| count(c) as f64).collect()));
+        }
         let all: UnitsOf = |c| c.units;
         let limits: UnitsOf = |c| c.limit_units;
         for (name, units) in [

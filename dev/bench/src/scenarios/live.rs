@@ -15,6 +15,7 @@
 
 use std::time::{Duration, Instant};
 
+use samosachaat::store::Conversation;
 use serde_json::Value;
 
 use crate::capacity::Units;
@@ -83,6 +84,20 @@ fn resume_event(b: &Bench, conversation: uuid::Uuid) -> Res<Vec<u8>> {
     Ok(event.to_string().into_bytes())
 }
 
+/// A fresh conversation, and a marker the mock answers with a long answer at
+/// the model's pace.
+async fn paced_answer(b: &mut Bench, what: &str) -> Res<(String, Conversation)> {
+    let marker = b.marker(what);
+    b.paced_scenario(&marker, ANSWER_TOKENS, TOKEN_DELAY_MS)
+        .await?;
+    let conversation = b
+        .store
+        .create_conversation(b.user, "bench", "default")
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((marker, conversation))
+}
+
 pub async fn run(b: &mut Bench, stops: usize) -> Res<Live> {
     let gen_ddb = Proxy::dynamodb(b.moto).await.map_err(|e| e.to_string())?;
     let read_ddb = Proxy::dynamodb(b.moto).await.map_err(|e| e.to_string())?;
@@ -110,14 +125,7 @@ pub async fn run(b: &mut Bench, stops: usize) -> Res<Live> {
     reader.api.poll(INIT_TIMEOUT).await?;
 
     // Cost and resume lag: one long answer, one resumed reader.
-    let marker = b.marker("live");
-    b.paced_scenario(&marker, ANSWER_TOKENS, TOKEN_DELAY_MS)
-        .await?;
-    let conversation = b
-        .store
-        .create_conversation(b.user, "bench", "default")
-        .await
-        .map_err(|e| e.to_string())?;
+    let (marker, conversation) = paced_answer(b, "live").await?;
     let send = b.event(conversation.id, &format!("live answer {marker}"), None);
     let resume = resume_event(b, conversation.id)?;
     let (original, resumed) = tokio::join!(generator.api.invoke(send, WITHIN), async {
@@ -175,14 +183,7 @@ pub async fn run(b: &mut Bench, stops: usize) -> Res<Live> {
     // Stop latency.
     let mut stop_ms = Vec::new();
     for i in 0..stops {
-        let marker = b.marker("stop");
-        b.paced_scenario(&marker, ANSWER_TOKENS, TOKEN_DELAY_MS)
-            .await?;
-        let conversation = b
-            .store
-            .create_conversation(b.user, "bench", "default")
-            .await
-            .map_err(|e| e.to_string())?;
+        let (marker, conversation) = paced_answer(b, "stop").await?;
         let send = b.event(conversation.id, &format!("stopped answer {marker}"), None);
         let wait = Duration::from_millis(1200 + 97 * i as u64 % 800);
         let (invoked, stopped_at) = tokio::join!(generator.api.invoke(send, WITHIN), async {

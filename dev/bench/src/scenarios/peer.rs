@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::driver::{post_stream, Bench, Res, SMALL_TOKENS, WARMUP_SENDS};
 use crate::procs;
-use crate::stats::{median, ms};
+use crate::stats::ms;
 
 pub struct Peer {
     /// Process start → `ready` printed by its launcher (ms).
@@ -31,18 +31,18 @@ pub struct Peer {
 }
 
 impl Peer {
+    /// Relay cost per token, wall (µs), one value per long answer.
     pub fn relay_wall_us(&self) -> Vec<f64> {
-        let n = self.relay_tokens;
-        self.relay_send_ms
-            .iter()
-            .zip(&self.relay_direct_ms)
-            .map(|(s, d)| (s - d) * 1000.0 / (n - 1) as f64)
-            .collect()
+        super::relay_wall_us(
+            &self.relay_send_ms,
+            &self.relay_direct_ms,
+            self.relay_tokens,
+        )
     }
 
+    /// CPU per relayed token (µs): the long send minus a short one.
     pub fn relay_cpu_per_token_us(&self) -> f64 {
-        (median(&self.relay_cpu_us) - median(&self.small_cpu_us))
-            / (self.relay_tokens - SMALL_TOKENS) as f64
+        super::relay_cpu_per_token_us(&self.relay_cpu_us, &self.small_cpu_us, self.relay_tokens)
     }
 }
 

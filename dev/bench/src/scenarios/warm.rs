@@ -31,18 +31,16 @@ pub struct Warm {
 impl Warm {
     /// Relay cost per token, wall (µs), one value per long answer.
     pub fn relay_wall_us(&self) -> Vec<f64> {
-        let n = self.relay_tokens;
-        self.relay_send_ms
-            .iter()
-            .zip(&self.relay_direct_ms)
-            .map(|(s, d)| (s - d) * 1000.0 / (n - 1) as f64)
-            .collect()
+        super::relay_wall_us(
+            &self.relay_send_ms,
+            &self.relay_direct_ms,
+            self.relay_tokens,
+        )
     }
 
-    /// Function CPU per relayed token (µs): the long send minus a short one.
+    /// CPU per relayed token (µs): the long send minus a short one.
     pub fn relay_cpu_per_token_us(&self) -> f64 {
-        (crate::stats::median(&self.relay_cpu_us) - crate::stats::median(&self.small_cpu_us))
-            / (self.relay_tokens - SMALL_TOKENS) as f64
+        super::relay_cpu_per_token_us(&self.relay_cpu_us, &self.small_cpu_us, self.relay_tokens)
     }
 }
 
