@@ -45,13 +45,7 @@ fn resume_req(stack: &Stack, user: &User, id: Uuid) -> reqwest::RequestBuilder {
 }
 
 async fn stop(stack: &Stack, user: &User, id: &str) -> (u16, Value) {
-    let resp = stack
-        .http
-        .post(stack.url("conversations", &format!("/api/conversations/{id}/stop")))
-        .bearer_auth(&user.token)
-        .send()
-        .await
-        .expect("stop");
+    let resp = stack.stop_req(user, id).send().await.expect("stop");
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
 }

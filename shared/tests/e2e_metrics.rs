@@ -287,9 +287,7 @@ async fn a_stopped_answer_is_counted_stopped() {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while stop.is_none() && std::time::Instant::now() < deadline {
         let resp = stack
-            .http
-            .post(stack.url("conversations", &format!("/api/conversations/{id}/stop")))
-            .bearer_auth(&user.token)
+            .stop_req(&user, &id.to_string())
             .send()
             .await
             .expect("stop");

@@ -203,6 +203,13 @@ impl Stack {
             .await
     }
 
+    /// `POST /api/conversations/{id}/stop` as `user`, not yet sent.
+    pub fn stop_req(&self, user: &User, id: &str) -> reqwest::RequestBuilder {
+        self.http
+            .post(self.url("conversations", &format!("/api/conversations/{id}/stop")))
+            .bearer_auth(&user.token)
+    }
+
     /// A new user and a conversation of theirs.
     pub async fn user_with_conversation(&self) -> (User, Uuid) {
         let user = self.user();
