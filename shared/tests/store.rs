@@ -12,7 +12,7 @@ use aws_sdk_dynamodb::error::BoxError;
 use common::Stack;
 use samosachaat::prompt::{Role, DEFAULT_TITLE};
 use samosachaat::store::{
-    Conversation, Message, MessageStatus, Replacing, SlotGuard, Store, StoreError,
+    Conversation, Message, MessageStatus, Replacing, SlotClaim, SlotGuard, Store, StoreError,
 };
 use uuid::Uuid;
 
@@ -277,4 +277,29 @@ fn replacing(last: Uuid) -> Replacing {
         expected_last: last,
         replaces: Some(last),
     }
+}
+
+/// A claim whose first attempt was applied but whose response was lost is
+/// retried by the SDK; the retry finds the slot holding its own answer. That
+/// is a claim, not a busy conversation: repeating the claim is what the retry
+/// does.
+#[tokio::test]
+async fn a_repeated_claim_of_the_same_answer_holds_the_slot() {
+    let stack = Stack::get().await;
+    let (store, _) = counted_store(&stack).await;
+    let (user, conversation) = new_conversation(&store).await;
+    let answer = Uuid::now_v7();
+    let deadline_ms = u64::MAX / 2;
+    for attempt in ["first", "retried"] {
+        let claim = store
+            .claim_slot(user, conversation.id, answer, deadline_ms)
+            .await
+            .expect("claim");
+        assert!(matches!(claim, SlotClaim::Claimed), "{attempt}: {claim:?}");
+    }
+    let other = store
+        .claim_slot(user, conversation.id, Uuid::now_v7(), deadline_ms)
+        .await
+        .expect("claim");
+    assert!(matches!(other, SlotClaim::Busy(_)), "{other:?}");
 }

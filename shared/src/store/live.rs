@@ -190,8 +190,13 @@ impl Store {
         match claimed {
             Ok(_) => Ok(SlotClaim::Claimed),
             // Busy with another answer, or released between the two requests
-            // (`live` empty): the caller settles or simply retries.
+            // (`live` empty): the caller settles or simply retries. Busy with
+            // this very answer: an earlier attempt of this update was applied and
+            // its response lost (the SDK retried it), so the slot is ours.
             Err(StoreError::NotFound) => match self.get_conversation(user, conversation).await? {
+                Some(c) if c.live.as_ref().is_some_and(|slot| slot.id == answer) => {
+                    Ok(SlotClaim::Claimed)
+                }
                 Some(c) => Ok(SlotClaim::Busy(c)),
                 None => Ok(SlotClaim::Missing),
             },
