@@ -8,6 +8,9 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 
 scripts/bootstrap.sh
+# A run from a clean clone gains nothing from incremental artifacts; they would
+# double the disk the debug build takes.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 cargo fmt --all -- --check
 cargo clippy --quiet --workspace --all-targets -- -D warnings
 
@@ -31,17 +34,19 @@ fi
 # then e2e_limits (50 racing sends of one user, counted exactly), last
 # e2e_live_kill (it kills the stack's `send` processes).
 status=0
+# Every run selects the whole workspace, so the features are unified the same way
+# and the test binaries are built once, not once per selection.
 alone='binary(e2e_load) | binary(e2e_limits) | binary(e2e_live_kill)'
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run -p samosachaat --no-fail-fast -E 'binary(e2e_load)' || status=$?
-  cargo nextest run -p samosachaat --no-fail-fast -E 'binary(e2e_limits)' || status=$?
+  cargo nextest run --workspace --no-fail-fast -E 'binary(e2e_load)' || status=$?
+  cargo nextest run --workspace --no-fail-fast -E 'binary(e2e_limits)' || status=$?
   cargo nextest run --workspace --no-fail-fast --test-threads 8 -E "not ($alone)" || status=$?
-  cargo nextest run -p samosachaat --no-fail-fast -E 'binary(e2e_live_kill)' || status=$?
+  cargo nextest run --workspace --no-fail-fast -E 'binary(e2e_live_kill)' || status=$?
 else
-  cargo test -p samosachaat --test e2e_load || status=$?
-  cargo test -p samosachaat --test e2e_limits || status=$?
+  cargo test --workspace --test e2e_load || status=$?
+  cargo test --workspace --test e2e_limits || status=$?
   cargo test --workspace --no-fail-fast -- --skip a_killed_function --skip fifty_concurrent \
     --skip racing --skip dead_functions_place --skip do_not_count || status=$?
-  cargo test -p samosachaat --test e2e_live_kill || status=$?
+  cargo test --workspace --test e2e_live_kill || status=$?
 fi
 exit "$status"
