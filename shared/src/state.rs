@@ -53,6 +53,7 @@ impl AppState {
                     .operation_timeout(Duration::from_secs(10))
                     .build(),
             )
+            .http_client(dynamodb_http_client(&endpoint_override())?)
             .load()
             .await;
         let counters = Arc::new(DynamoCounters::default());
@@ -76,5 +77,94 @@ impl AppState {
             config,
             dynamodb_counters: Arc::default(),
         })
+    }
+}
+
+/// Whether the endpoint is `https` outside AWS, so may chain to any system root.
+fn needs_system_roots(endpoint: Option<&str>) -> bool {
+    let host = endpoint
+        .and_then(|url| url.strip_prefix("https://"))
+        .map(|rest| rest.split(['/', ':']).next().unwrap_or_default());
+    host.is_some_and(|h| !h.ends_with(".amazonaws.com") && !h.ends_with(".amazonaws.com.cn"))
+}
+
+/// The Amazon Trust Services roots, which every AWS service endpoint chains to.
+const AMAZON_ROOTS: &str = include_str!("../certs/amazon-trust-services.pem");
+
+/// The DynamoDB endpoint set through the SDK's own variables, if any.
+fn endpoint_override() -> Option<String> {
+    ["AWS_ENDPOINT_URL_DYNAMODB", "AWS_ENDPOINT_URL"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+}
+
+/// The SDK's own HTTP client (its pooling, timeouts and transport-error
+/// classification), trusting the five Amazon Trust Services roots instead of the
+/// system bundle. Decoding the system bundle of about 140 roots was two thirds
+/// of a cold start's instructions, and a DynamoDB endpoint never chains to the
+/// other roots. An `https` endpoint override outside `amazonaws.com` (a
+/// DynamoDB-compatible server of one's own) also gets the system roots.
+fn dynamodb_http_client(
+    endpoint: &Option<String>,
+) -> Result<aws_smithy_runtime_api::client::http::SharedHttpClient, String> {
+    use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
+
+    let trust = TrustStore::empty()
+        .with_native_roots(needs_system_roots(endpoint.as_deref()))
+        .with_pem_certificate(AMAZON_ROOTS.as_bytes());
+    let tls = TlsContext::builder()
+        .with_trust_store(trust)
+        .build()
+        .map_err(|e| format!("configuration: DynamoDB TLS context: {e}"))?;
+    Ok(aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::rustls(CryptoMode::AwsLc))
+        .tls_context(tls)
+        .build_https())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_https_endpoint_outside_aws_adds_the_system_roots() {
+        assert!(!needs_system_roots(None));
+        assert!(!needs_system_roots(Some("http://127.0.0.1:8000")));
+        assert!(!needs_system_roots(Some(
+            "https://dynamodb.eu-west-1.amazonaws.com"
+        )));
+        assert!(!needs_system_roots(Some(
+            "https://dynamodb-fips.us-east-1.amazonaws.com:443/"
+        )));
+        assert!(!needs_system_roots(Some(
+            "https://dynamodb.cn-north-1.amazonaws.com.cn"
+        )));
+        assert!(needs_system_roots(Some(
+            "https://ddb.internal.example:8443"
+        )));
+        assert!(needs_system_roots(Some(
+            "https://amazonaws.com.example.org/"
+        )));
+    }
+
+    #[test]
+    fn the_amazon_bundle_holds_five_certificates_that_decode() {
+        use base64::Engine as _;
+
+        let blocks: Vec<&str> = AMAZON_ROOTS
+            .split("-----BEGIN CERTIFICATE-----")
+            .skip(1)
+            .map(|b| b.split("-----END CERTIFICATE-----").next().unwrap())
+            .collect();
+        assert_eq!(blocks.len(), 5);
+        for b64 in blocks {
+            let clean: String = b64.split_whitespace().collect();
+            let der = base64::engine::general_purpose::STANDARD
+                .decode(clean)
+                .unwrap();
+            assert_eq!(der[0], 0x30, "a DER SEQUENCE");
+        }
+        assert!(dynamodb_http_client(&None).is_ok());
+        assert!(dynamodb_http_client(&Some("https://ddb.example".into())).is_ok());
     }
 }
