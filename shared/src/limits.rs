@@ -3,12 +3,13 @@
 //! generating at once.
 //!
 //! [`admit`] runs beside the chat Query and the live-slot claim, in the same
-//! round trip: three conditional UpdateItems, one per record (`store::limits`),
-//! each atomic however many requests race. A request every record admits holds
-//! an [`Admission`]; when one record refuses, what the others counted is taken
-//! back and the user gets 429 with `Retry-After`. A request refused for any
-//! other reason, or answered from its `Idempotency-Key` record, gives its
-//! admission back ([`Admission::refund`]); an answer that ends leaves the
+//! round trip: one conditional UpdateItem of the user's limit record
+//! (`store::limits`), atomic however many requests race, checks all three
+//! limits and counts the request only if all have room. An admitted request
+//! holds an [`Admission`]; a refused one changes nothing, and the record as it
+//! was says which limit refused it (429 with `Retry-After`). A request refused
+//! for any other reason, or answered from its `Idempotency-Key` record, gives
+//! its admission back ([`Admission::refund`]); an answer that ends leaves the
 //! generating set ([`Admission::finish`]).
 //!
 //! A function that dies leaves its answer in the user's generating set. When the
@@ -19,14 +20,13 @@
 
 use std::time::Duration;
 
-use futures_util::future::join_all;
 use tracing::warn;
 use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::live;
 use crate::state::AppState;
-use crate::store::{HeldAnswer, StoreError, Window};
+use crate::store::{Counted, HeldAnswer, LimitRecord, StoreError, Windows};
 use crate::time_fmt;
 
 /// The limits, from the configuration.
@@ -79,35 +79,24 @@ impl From<Refusal> for ApiError {
 }
 
 /// The windows a message sent at `now_secs` (Unix seconds) counts in, and how
-/// long until each resets.
-fn windows(limits: &Limits, now_secs: i64) -> [(Window, u64); 2] {
+/// long until the minute and the day reset. The record is kept `keep_secs`
+/// past the day's end.
+fn windows(limits: &Limits, now_secs: i64, keep_secs: i64) -> (Windows, u64, u64) {
     let minute = now_secs.div_euclid(60);
     let day = now_secs.div_euclid(86_400);
     let day_name = time::OffsetDateTime::from_unix_timestamp(day * 86_400)
         .map(|d| d.date().to_string())
         .unwrap_or_default();
     let until = |end: i64| u64::try_from(end - now_secs).unwrap_or(1).max(1);
-    [
-        (
-            Window {
-                sk: format!("M#{minute}"),
-                exact: true,
-                limit: limits.per_minute,
-                // An hour past its end: nothing reads it after the minute.
-                expires_at: (minute + 1) * 60 + 3_600,
-            },
-            until((minute + 1) * 60),
-        ),
-        (
-            Window {
-                sk: format!("D#{day_name}"),
-                exact: false,
-                limit: limits.per_day,
-                expires_at: (day + 2) * 86_400,
-            },
-            until((day + 1) * 86_400),
-        ),
-    ]
+    let windows = Windows {
+        minute,
+        day: day_name,
+        per_minute: limits.per_minute,
+        per_day: limits.per_day,
+        concurrent: limits.concurrent,
+        expires_at: (day + 1) * 86_400 + keep_secs,
+    };
+    (windows, until((minute + 1) * 60), until((day + 1) * 86_400))
 }
 
 /// One request counted against its user's limits, one of whose generating
@@ -116,11 +105,14 @@ fn windows(limits: &Limits, now_secs: i64) -> [(Window, u64); 2] {
 pub struct Admission {
     user: Uuid,
     held: HeldAnswer,
-    counted_in: [Window; 2],
+    windows: Windows,
+    /// Attributes of windows that were over when it was admitted, removed when
+    /// its answer ends.
+    past_windows: Vec<String>,
 }
 
 /// Counts the request and holds a generating place for `answer`, or says which
-/// limit refuses it (429). Nothing stays counted when it is refused.
+/// limit refuses it (429). A refused request changes nothing.
 pub async fn admit(
     state: &AppState,
     user: Uuid,
@@ -128,59 +120,63 @@ pub async fn admit(
     answer: Uuid,
 ) -> Result<Admission, ApiError> {
     let limits = state.config.limits;
-    let store = &state.store;
-    let [(minute, minute_retry), (day, day_retry)] =
-        windows(&limits, time_fmt::now().unix_timestamp());
+    let (windows, minute_retry, day_retry) = windows(
+        &limits,
+        time_fmt::now().unix_timestamp(),
+        held_for_secs(state),
+    );
     let held = HeldAnswer {
         answer,
         conversation,
     };
-    let expires_at = held_expiry(state);
-    let (by_minute, by_day, holds) = tokio::join!(
-        store.count_message(user, &minute, answer),
-        store.count_message(user, &day, answer),
-        store.hold_answer(user, held, limits.concurrent, expires_at),
-    );
-    // The set is full: the slow path frees what dead functions left there, but
-    // only for a request the counters admitted.
-    let holds = match (&by_minute, &by_day, holds) {
-        (Ok(true), Ok(true), Ok(false)) => free_dead_and_hold(state, user, held).await,
-        (_, _, holds) => holds,
-    };
-
-    let admission = Admission {
-        user,
-        held,
-        counted_in: [minute, day],
-    };
-    let refusal = match (&by_minute, &by_day, &holds) {
-        (Ok(true), Ok(true), Ok(true)) => return Ok(admission),
-        (_, Ok(false), _) => Some(Refusal::PerDay {
-            limit: limits.per_day,
-            retry_after: day_retry,
-        }),
-        (Ok(false), _, _) => Some(Refusal::PerMinute {
-            limit: limits.per_minute,
-            retry_after: minute_retry,
-        }),
-        (_, _, Ok(false)) => Some(Refusal::Concurrent {
-            limit: limits.concurrent,
-        }),
-        _ => None,
-    };
-    // Take back whatever one record counted when another refused or failed.
-    let counted = [&by_minute, &by_day].map(|c| c.as_ref().is_ok_and(|c| *c));
-    let held_too = holds.as_ref().is_ok_and(|h| *h);
-    admission.give_back(state, counted, held_too).await;
-    match refusal {
-        Some(refusal) => Err(refusal.into()),
-        None => {
-            let error = [by_minute, by_day, holds]
-                .into_iter()
-                .find_map(Result::err)
-                .unwrap_or_else(|| StoreError::Other("limits".into()));
-            Err(error.into())
-        }
+    // At most one more attempt: after a dead function's place was freed.
+    let mut retried = false;
+    loop {
+        let record = match state
+            .store
+            .count_request(user, &windows, answer, held)
+            .await?
+        {
+            Counted::Admitted(record) => {
+                return Ok(Admission {
+                    user,
+                    held,
+                    windows,
+                    past_windows: record.past_windows,
+                })
+            }
+            Counted::Full(record) => record,
+        };
+        let refusal = if record.today >= u64::from(limits.per_day) {
+            Refusal::PerDay {
+                limit: limits.per_day,
+                retry_after: day_retry,
+            }
+        } else if record.this_minute >= limits.per_minute as usize {
+            Refusal::PerMinute {
+                limit: limits.per_minute,
+                retry_after: minute_retry,
+            }
+        } else if record.held.len() + record.unreadable.len() >= limits.concurrent as usize {
+            // The set is full: the slow path frees what dead functions left
+            // there, then this request tries again.
+            if !retried && free_dead(state, user, &record).await? {
+                retried = true;
+                continue;
+            }
+            Refusal::Concurrent {
+                limit: limits.concurrent,
+            }
+        } else if !retried {
+            // The record changed between the condition and its read-back
+            // (DynamoDB returns the item the condition saw, so only a store
+            // that does not would get here): try once more.
+            retried = true;
+            continue;
+        } else {
+            return Err(StoreError::Other("limits: refused with room left".into()).into());
+        };
+        return Err(refusal.into());
     }
 }
 
@@ -188,58 +184,44 @@ impl Admission {
     /// The request was refused for another reason, or answered from its
     /// `Idempotency-Key` record: it does not count.
     pub async fn refund(&self, state: &AppState) {
-        self.give_back(state, [true, true], true).await;
-    }
-
-    /// The answer ended (whatever its ending): it no longer generates.
-    pub async fn finish(&self, state: &AppState) {
-        self.give_back(state, [false, false], true).await;
-    }
-
-    /// Takes the request out of the windows marked in `counted`, and out of the
-    /// generating set when `held`.
-    async fn give_back(&self, state: &AppState, counted: [bool; 2], held: bool) {
-        let store = &state.store;
-        let uncount = self
-            .counted_in
-            .iter()
-            .zip(counted)
-            .filter(|(_, counted)| *counted)
-            .map(|(window, _)| store.uncount_message(self.user, window, self.held.answer));
-        let drop_held = async {
-            if held {
-                store.drop_answers(self.user, &[self.held], &[]).await
-            } else {
-                Ok(())
-            }
-        };
-        let (uncounted, dropped) = tokio::join!(join_all(uncount), drop_held);
+        let refunded = state
+            .store
+            .uncount_request(self.user, &self.windows, self.held.answer, self.held)
+            .await;
         // A count not taken back only errs toward the user's limit for the rest
         // of its window; a place not given back is freed once its answer is
         // found not live.
-        if let Some(e) = uncounted.into_iter().chain([dropped]).find_map(Result::err) {
-            warn!(error = %e, "limit records not given back");
+        if let Err(e) = refunded {
+            warn!(error = %e, "limit record not given back");
+        }
+    }
+
+    /// The answer ended (whatever its ending): it no longer generates, and the
+    /// windows that were over when it was admitted leave the record.
+    pub async fn finish(&self, state: &AppState) {
+        let released = state
+            .store
+            .release_answers(self.user, &[self.held], &[], &self.past_windows)
+            .await;
+        if let Err(e) = released {
+            warn!(error = %e, "generating place not given back");
         }
     }
 }
 
-/// How long the generating set is kept after its last change: past the longest
-/// an answer can live.
-fn held_expiry(state: &AppState) -> i64 {
+/// How long the record is kept after its last change (seconds): past the
+/// longest an answer can live.
+fn held_for_secs(state: &AppState) -> i64 {
     let longest = state.config.inference_deadline + state.config.live_stale_after;
-    let longest = i64::try_from(longest.as_secs()).unwrap_or(i64::MAX / 2);
-    time_fmt::now().unix_timestamp() + longest + 3_600
+    i64::try_from(longest.as_secs()).unwrap_or(i64::MAX / 2) + 3_600
 }
 
 /// The slow path of a full generating set: looks for an answer that is no
 /// longer live, oldest first (the likeliest dead), and stops at the first one:
-/// one free place is all this request needs. Then tries to hold `held` again.
-async fn free_dead_and_hold(
-    state: &AppState,
-    user: Uuid,
-    held: HeldAnswer,
-) -> Result<bool, StoreError> {
-    let (mut entries, unreadable) = state.store.held_answers(user).await?;
+/// one free place is all this request needs. Drops it, and any entry that does
+/// not parse; `true` if a place was freed.
+async fn free_dead(state: &AppState, user: Uuid, record: &LimitRecord) -> Result<bool, StoreError> {
+    let mut entries = record.held.clone();
     entries.sort_by_key(|h| id_ms(h.answer));
     let mut dead = None;
     for entry in entries {
@@ -248,16 +230,15 @@ async fn free_dead_and_hold(
             break;
         }
     }
-    if dead.is_none() && unreadable.is_empty() {
+    if dead.is_none() && record.unreadable.is_empty() {
         return Ok(false);
     }
     let dead: Vec<HeldAnswer> = dead.into_iter().collect();
-    state.store.drop_answers(user, &dead, &unreadable).await?;
-    let limits = state.config.limits;
     state
         .store
-        .hold_answer(user, held, limits.concurrent, held_expiry(state))
-        .await
+        .release_answers(user, &dead, &record.unreadable, &[])
+        .await?;
+    Ok(true)
 }
 
 /// Is a held answer over? A young one is taken as live: its request may still
@@ -302,25 +283,24 @@ mod tests {
     fn windows_are_named_by_their_start_and_say_when_they_reset() {
         // 2026-12-01T16:09:20Z
         let now = 1_796_141_360;
-        let [(minute, minute_retry), (day, day_retry)] = windows(&LIMITS, now);
-        assert_eq!(minute.sk, format!("M#{}", now / 60));
-        assert_eq!(minute.limit, 20);
+        let (w, minute_retry, day_retry) = windows(&LIMITS, now, 100);
+        assert_eq!(w.minute, now / 60);
+        assert_eq!(w.day, "2026-12-01");
+        assert_eq!((w.per_minute, w.per_day, w.concurrent), (20, 500, 2));
         assert_eq!(minute_retry, 40);
-        assert_eq!(day.sk, "D#2026-12-01");
-        assert_eq!(day.limit, 500);
         assert_eq!(day_retry, 86_400 - (16 * 3600 + 9 * 60 + 20));
-        assert!(minute.expires_at > now && day.expires_at > now + 86_400);
+        assert_eq!(w.expires_at, now + i64::try_from(day_retry).unwrap() + 100);
     }
 
     #[test]
     fn a_window_boundary_starts_a_new_window() {
         let midnight = 1_796_169_600; // 2026-12-02T00:00:00Z
-        let [(before_m, before_retry), (before_d, _)] = windows(&LIMITS, midnight - 1);
-        let [(after_m, after_retry), (after_d, after_day_retry)] = windows(&LIMITS, midnight);
-        assert_ne!(before_m.sk, after_m.sk);
+        let (before, before_retry, _) = windows(&LIMITS, midnight - 1, 0);
+        let (after, after_retry, after_day_retry) = windows(&LIMITS, midnight, 0);
+        assert_eq!(after.minute, before.minute + 1);
         assert_eq!(
-            (before_d.sk.as_str(), after_d.sk.as_str()),
-            ("D#2026-12-01", "D#2026-12-02")
+            (before.day.as_str(), after.day.as_str()),
+            ("2026-12-01", "2026-12-02")
         );
         assert_eq!((before_retry, after_retry), (1, 60));
         assert_eq!(after_day_retry, 86_400);

@@ -31,9 +31,9 @@ async fn inside_one_minute(room: i64) {
     }
 }
 
-/// The user's limit records, by sort key.
-async fn records(stack: &Stack, user: &User) -> Vec<Item> {
-    stack
+/// The user's limit record (one item), empty when there is none.
+async fn record(stack: &Stack, user: &User) -> Item {
+    let items = stack
         .dynamodb
         .query()
         .table_name(&stack.table)
@@ -44,61 +44,61 @@ async fn records(stack: &Stack, user: &User) -> Vec<Item> {
         .await
         .expect("query limits")
         .items()
-        .to_vec()
+        .to_vec();
+    assert!(items.len() <= 1, "one limit record per user: {items:?}");
+    let item = items.into_iter().next().unwrap_or_default();
+    if !item.is_empty() {
+        assert_eq!(s(&item, "sk"), "LIMITS");
+    }
+    item
 }
 
-fn count_in(records: &[Item], prefix: &str) -> u64 {
-    records
+/// What the record counts in its windows whose attribute starts with `prefix`
+/// (`min_` for minutes, `day_` for days).
+fn count_in(record: &Item, prefix: &str) -> u64 {
+    record
         .iter()
-        .filter(|i| s(i, "sk").starts_with(prefix))
-        .map(|i| match (i.get("n"), i.get("ids")) {
-            (Some(AttributeValue::N(n)), _) => n.parse::<u64>().expect("n"),
-            (_, Some(AttributeValue::Ss(ids))) => ids.len() as u64,
-            _ => 0,
+        .filter(|(name, _)| name.starts_with(prefix))
+        .map(|(_, value)| match value {
+            AttributeValue::N(n) => n.parse::<u64>().expect("n"),
+            AttributeValue::Ss(ids) => ids.len() as u64,
+            other => panic!("{prefix}: {other:?}"),
         })
         .sum()
 }
 
-fn held(records: &[Item]) -> Vec<String> {
-    records
-        .iter()
-        .find(|i| s(i, "sk") == "ACTIVE")
-        .and_then(|i| match i.get("answers") {
-            Some(AttributeValue::Ss(set)) => Some(set.clone()),
-            _ => None,
-        })
-        .unwrap_or_default()
+fn held(record: &Item) -> Vec<String> {
+    match record.get("answers") {
+        Some(AttributeValue::Ss(set)) => set.clone(),
+        _ => Vec::new(),
+    }
 }
 
-/// Sets the user's record `sk` to `n` messages (a user who already sent that
+/// Sets the user's window `attr` to `n` messages (a user who already sent that
 /// many): a number for a day, a set of request ids for a minute.
-async fn seed_count(stack: &Stack, user: &User, sk: &str, n: u64) {
-    let count = if sk.starts_with("M#") {
-        (
-            "ids",
-            AttributeValue::Ss((0..n).map(|i| format!("seeded{i:06}")).collect()),
-        )
+async fn seed_count(stack: &Stack, user: &User, attr: &str, n: u64) {
+    let count = if attr.starts_with("min_") {
+        AttributeValue::Ss((0..n).map(|i| format!("seeded{i:06}")).collect())
     } else {
-        ("n", AttributeValue::N(n.to_string()))
+        AttributeValue::N(n.to_string())
     };
     stack
         .functions_dynamodb()
-        .put_item()
+        .update_item()
         .table_name(&stack.table)
-        .item("pk", AttributeValue::S(format!("LIMIT#{}", user.id)))
-        .item("sk", AttributeValue::S(sk.to_owned()))
-        .item(count.0, count.1)
-        .item(
-            "expires_at",
-            AttributeValue::N((now_secs() + 3600).to_string()),
-        )
+        .key("pk", AttributeValue::S(format!("LIMIT#{}", user.id)))
+        .key("sk", AttributeValue::S("LIMITS".into()))
+        .update_expression("SET #w = :n, expires_at = :exp")
+        .expression_attribute_names("#w", attr)
+        .expression_attribute_values(":n", count)
+        .expression_attribute_values(":exp", AttributeValue::N((now_secs() + 3600).to_string()))
         .send()
         .await
         .expect("seed counter");
 }
 
-fn minute_sk(at: i64) -> String {
-    format!("M#{}", at.div_euclid(60))
+fn minute_attr(at: i64) -> String {
+    format!("min_{}", at.div_euclid(60))
 }
 
 fn retry_after(stream: &Stream) -> i64 {
@@ -186,28 +186,25 @@ async fn fifty_racing_sends_of_one_user_meet_the_burst_limit_and_another_user_is
     assert_eq!(stack.upstream_requests(&m).await.len(), PER_MINUTE + 3);
 
     // The records count the ten, hold nothing once they ended, and expire.
-    let mine = records(&stack, &user).await;
-    assert_eq!(count_in(&mine, "M#"), PER_MINUTE as u64);
-    assert_eq!(count_in(&mine, "D#"), PER_MINUTE as u64);
+    // Exactly: an SDK retry of an applied update finds its id in the minute
+    // and counts nothing again.
+    let mine = record(&stack, &user).await;
+    assert_eq!(count_in(&mine, "min_"), PER_MINUTE as u64);
+    assert_eq!(count_in(&mine, "day_"), PER_MINUTE as u64);
     assert!(held(&mine).is_empty(), "{:?}", held(&mine));
+    // The record outlives the day by more than the longest answer, and no more
+    // than a day and a few hours.
     let now = now_secs();
-    for record in &mine {
-        let expires: i64 = match record.get("expires_at") {
-            Some(AttributeValue::N(n)) => n.parse().expect("expires_at"),
-            other => panic!("no expires_at on {record:?}: {other:?}"),
-        };
-        let sk = s(record, "sk");
-        let (min, max) = match sk.as_bytes()[0] {
-            b'M' => (now + 3600 - 60, now + 3600 + 60),
-            b'D' => (now + 86_400, now + 2 * 86_400),
-            _ => (now + 6, now + 7 * 3600),
-        };
-        assert!(
-            (min..=max).contains(&expires),
-            "{sk}: expires {expires}, now {now}"
-        );
-    }
-    assert_eq!(count_in(&records(&stack, &other).await, "M#"), 3);
+    let day_end = (now.div_euclid(86_400) + 1) * 86_400;
+    let expires: i64 = match mine.get("expires_at") {
+        Some(AttributeValue::N(n)) => n.parse().expect("expires_at"),
+        other => panic!("no expires_at on {mine:?}: {other:?}"),
+    };
+    assert!(
+        (day_end + 3600..=day_end + 6 * 3600).contains(&expires),
+        "expires {expires}, day ends {day_end}"
+    );
+    assert_eq!(count_in(&record(&stack, &other).await, "min_"), 3);
 }
 
 #[tokio::test]
@@ -225,7 +222,7 @@ async fn the_daily_quota_holds_under_racing_requests() {
         tokio::time::sleep(Duration::from_secs(35)).await;
     }
     let today = time::OffsetDateTime::now_utc().date().to_string();
-    seed_count(&stack, &user, &format!("D#{today}"), PER_DAY - 3).await;
+    seed_count(&stack, &user, &format!("day_{today}"), PER_DAY - 3).await;
     inside_one_minute(20).await;
 
     let runs = send_each(&stack, &user, &ids, format!("quota {m}")).await;
@@ -250,10 +247,10 @@ async fn the_daily_quota_holds_under_racing_requests() {
             run.headers
         );
     }
-    let mine = records(&stack, &user).await;
-    assert_eq!(count_in(&mine, "D#"), PER_DAY);
-    // The refused five were taken back from the minute's count.
-    assert_eq!(count_in(&mine, "M#"), 3);
+    // The refused five were never counted.
+    let mine = record(&stack, &user).await;
+    assert_eq!(count_in(&mine, "day_"), PER_DAY);
+    assert_eq!(count_in(&mine, "min_"), 3);
 }
 
 /// Holds answers among the user's generating ones as another function instance
@@ -298,7 +295,7 @@ async fn hold_elsewhere(stack: &Stack, user: &User, young: usize, dead: &[Uuid])
         .update_item()
         .table_name(&stack.table)
         .key("pk", AttributeValue::S(format!("LIMIT#{}", user.id)))
-        .key("sk", AttributeValue::S("ACTIVE".into()))
+        .key("sk", AttributeValue::S("LIMITS".into()))
         .update_expression("ADD answers :held SET expires_at = :exp")
         .expression_attribute_values(":held", AttributeValue::Ss(entries))
         .expression_attribute_values(":exp", AttributeValue::N((now_secs() + 3600).to_string()))
@@ -345,18 +342,18 @@ async fn concurrent_answers_are_capped_under_racing_requests() {
         assert_eq!(retry_after(run), 5);
         assert!(untouched(&stack, *id).await);
     }
-    let records_now = records(&stack, &user).await;
+    let records_now = record(&stack, &user).await;
     assert_eq!(
         held(&records_now).len(),
         ANSWERS - 2,
         "the two ended and left"
     );
     assert_eq!(
-        count_in(&records_now, "M#"),
+        count_in(&records_now, "min_"),
         2,
         "the refused three do not count"
     );
-    assert_eq!(count_in(&records_now, "D#"), 2);
+    assert_eq!(count_in(&records_now, "day_"), 2);
 }
 
 #[tokio::test]
@@ -378,7 +375,7 @@ async fn a_dead_functions_place_is_freed_by_the_next_send() {
     let run = stack.send(&user, id, &format!("after {m}")).await;
     assert_eq!(run.status, 200, "{:?}", run.events);
     run.message_id();
-    let now_held = held(&records(&stack, &user).await);
+    let now_held = held(&record(&stack, &user).await);
     assert_eq!(
         now_held.len(),
         ANSWERS - 1,
@@ -409,7 +406,7 @@ async fn refusals_for_other_reasons_and_replays_do_not_count() {
         .scenario(json!({"match": m, "tokens": ["once"], "repeat": true}))
         .await;
     inside_one_minute(30).await;
-    let minute = minute_sk(now_secs());
+    let minute = minute_attr(now_secs());
 
     let key = [("idempotency-key", "limits-replay-1")];
     let body = json!({ "content": format!("keyed {m}") });
@@ -447,13 +444,13 @@ async fn refusals_for_other_reasons_and_replays_do_not_count() {
     slow_run.message_id();
     assert_eq!(busy.status, 409, "{:?}", busy.events);
 
-    let records_now = records(&stack, &user).await;
+    let records_now = record(&stack, &user).await;
     assert_eq!(
-        count_in(&records_now, "M#"),
+        count_in(&records_now, "min_"),
         2,
         "the keyed send and the slow one"
     );
-    assert_eq!(count_in(&records_now, "D#"), 2);
+    assert_eq!(count_in(&records_now, "day_"), 2);
 
     // At the limit, the replay is still answered from its record; a new
     // message is refused.

@@ -12,7 +12,8 @@ use aws_sdk_dynamodb::error::BoxError;
 use common::Stack;
 use samosachaat::prompt::{Role, DEFAULT_TITLE};
 use samosachaat::store::{
-    Conversation, Message, MessageStatus, Replacing, SlotClaim, SlotGuard, Store, StoreError,
+    Conversation, Counted, HeldAnswer, Message, MessageStatus, Replacing, SlotClaim, SlotGuard,
+    Store, StoreError, Windows,
 };
 use uuid::Uuid;
 
@@ -302,4 +303,156 @@ async fn a_repeated_claim_of_the_same_answer_holds_the_slot() {
         .await
         .expect("claim");
     assert!(matches!(other, SlotClaim::Busy(_)), "{other:?}");
+}
+
+fn limit_windows(minute: i64) -> Windows {
+    Windows {
+        minute,
+        day: "2026-12-01".into(),
+        per_minute: 3,
+        per_day: 100,
+        concurrent: 5,
+        expires_at: 4_000_000_000,
+    }
+}
+
+#[tokio::test]
+async fn a_repeated_count_of_one_request_counts_it_once_and_a_refund_applies_once() {
+    let stack = Stack::get().await;
+    let (store, counter) = counted_store(&stack).await;
+    let user = Uuid::new_v4();
+    let windows = limit_windows(29_935_689);
+    let held = |answer| HeldAnswer {
+        answer,
+        conversation: Uuid::new_v4(),
+    };
+    let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
+    let (a, b) = (held(first), held(second));
+
+    let before = counter.0.load(Ordering::SeqCst);
+    let counted = store.count_request(user, &windows, first, a).await.unwrap();
+    assert_eq!(counter.0.load(Ordering::SeqCst) - before, 1, "one request");
+    assert!(matches!(counted, Counted::Admitted(_)), "{counted:?}");
+    // As an SDK retry of an applied update would: admitted, nothing counted again.
+    match store.count_request(user, &windows, first, a).await.unwrap() {
+        Counted::Admitted(record) => {
+            assert_eq!((record.this_minute, record.today), (1, 1));
+            assert!(record.counts_request);
+            assert_eq!(record.held, vec![a]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        store
+            .count_request(user, &windows, second, b)
+            .await
+            .unwrap(),
+        Counted::Admitted(_)
+    ));
+
+    // A refund twice takes one request back once.
+    for _ in 0..2 {
+        store
+            .uncount_request(user, &windows, first, a)
+            .await
+            .unwrap();
+    }
+    match store
+        .count_request(user, &windows, second, b)
+        .await
+        .unwrap()
+    {
+        Counted::Admitted(record) => {
+            assert_eq!((record.this_minute, record.today), (1, 1));
+            assert_eq!(record.held, vec![b]);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_full_window_refuses_with_the_record_and_an_ended_answer_clears_past_windows() {
+    let stack = Stack::get().await;
+    let (store, _) = counted_store(&stack).await;
+    let user = Uuid::new_v4();
+    let old = limit_windows(29_935_600);
+    let old_held = HeldAnswer {
+        answer: Uuid::now_v7(),
+        conversation: Uuid::new_v4(),
+    };
+    store
+        .count_request(user, &old, old_held.answer, old_held)
+        .await
+        .unwrap();
+    let mut now = limit_windows(29_935_700);
+    now.day = "2026-12-02".into();
+    let mut admitted = Vec::new();
+    for _ in 0..3 {
+        let h = HeldAnswer {
+            answer: Uuid::now_v7(),
+            conversation: Uuid::new_v4(),
+        };
+        match store.count_request(user, &now, h.answer, h).await.unwrap() {
+            Counted::Admitted(record) => admitted.push((h, record)),
+            other => panic!("{other:?}"),
+        }
+    }
+    let past = &admitted[0].1.past_windows;
+    assert_eq!(past, &["day_2026-12-01", "min_29935600"]);
+
+    // The minute is full: refused, and the record says so.
+    let extra = HeldAnswer {
+        answer: Uuid::now_v7(),
+        conversation: Uuid::new_v4(),
+    };
+    match store
+        .count_request(user, &now, extra.answer, extra)
+        .await
+        .unwrap()
+    {
+        Counted::Full(record) => {
+            assert_eq!((record.this_minute, record.today), (3, 3));
+            assert!(!record.counts_request);
+            assert_eq!(record.held.len(), 4);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let (first, record) = &admitted[0];
+    store
+        .release_answers(user, &[*first, old_held], &[], &record.past_windows)
+        .await
+        .unwrap();
+    let item = stack
+        .dynamodb
+        .get_item()
+        .table_name(&stack.table)
+        .key(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S(format!("LIMIT#{user}")),
+        )
+        .key(
+            "sk",
+            aws_sdk_dynamodb::types::AttributeValue::S("LIMITS".into()),
+        )
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item()
+        .cloned()
+        .unwrap();
+    let mut names: Vec<&str> = item.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "answers",
+            "day_2026-12-02",
+            "expires_at",
+            "min_29935700",
+            "pk",
+            "sk"
+        ]
+    );
 }
