@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 use uuid::Uuid;
 
 use crate::http1::{Reader, Timeline};
+use crate::keepalive::Front;
 use crate::procs::{self, Proc};
 use crate::runtime_api::{Invoked, RuntimeApi};
 use crate::share::Cgroup;
@@ -49,7 +50,9 @@ pub struct Bench {
     pub user: Uuid,
     token: String,
     pub mock: SocketAddr,
-    pub moto: SocketAddr,
+    /// Where the function and the benchmark reach DynamoDB: the keep-alive
+    /// front before moto, or moto itself.
+    pub dynamodb: SocketAddr,
     control: reqwest::Client,
     seq: usize,
     send_bin: PathBuf,
@@ -61,6 +64,7 @@ pub struct Bench {
     /// `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`.
     pub memory_mb: Option<u32>,
     // Kept alive for the whole run.
+    _front: Option<Front>,
     _moto: Proc,
     _mock: Proc,
 }
@@ -88,20 +92,32 @@ pub struct Function {
 }
 
 impl Bench {
-    /// Starts moto and the mock upstream and creates the table.
+    /// Starts moto (behind the keep-alive front when `keep_alive`) and the mock
+    /// upstream, and creates the table.
     pub async fn start(
         bin_dir: &Path,
         moto_bin: &Path,
         dir: &Path,
         extra: &[(String, String)],
+        keep_alive: bool,
     ) -> Res<Self> {
         let (moto_proc, moto) = procs::moto(moto_bin, dir).await?;
+        let front = if keep_alive {
+            Some(
+                Front::start(moto)
+                    .await
+                    .map_err(|e| format!("keep-alive front: {e}"))?,
+            )
+        } else {
+            None
+        };
+        let dynamodb = front.as_ref().map_or(moto, |f| f.addr);
         let (mock_proc, mock) =
             procs::mock_inference(&bin_dir.join("mock-inference"), dir, API_KEY).await?;
         let conf = aws_sdk_dynamodb::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))
-            .endpoint_url(format!("http://{moto}"))
+            .endpoint_url(format!("http://{dynamodb}"))
             .credentials_provider(Credentials::new("local", "local", None, None, "bench"))
             .build();
         let client = aws_sdk_dynamodb::Client::from_conf(conf);
@@ -123,7 +139,7 @@ impl Bench {
             ("INTERNAL_API_KEY", API_KEY.into()),
             ("JWT_PUBLIC_KEY", PUBLIC_KEY.into()),
             ("ALLOWED_ORIGINS", "http://localhost:3000".into()),
-            ("AWS_ENDPOINT_URL_DYNAMODB", format!("http://{moto}")),
+            ("AWS_ENDPOINT_URL_DYNAMODB", format!("http://{dynamodb}")),
             ("AWS_REGION", "us-east-1".into()),
             ("AWS_DEFAULT_REGION", "us-east-1".into()),
             ("AWS_ACCESS_KEY_ID", "local".into()),
@@ -145,7 +161,7 @@ impl Bench {
             user,
             token: mint(user)?,
             mock,
-            moto,
+            dynamodb,
             control: reqwest::Client::new(),
             seq: 0,
             send_bin: bin_dir.join("send"),
@@ -153,6 +169,7 @@ impl Bench {
             env,
             idempotency_key: false,
             memory_mb: None,
+            _front: front,
             _moto: moto_proc,
             _mock: mock_proc,
         })

@@ -6,7 +6,8 @@
 //! bench [--memory host,128,256,512,1024] [--period 20[,100]] [--sends 40]
 //!       [--cold-starts 7] [--relay-tokens 5000] [--relay-runs 5] [--count-sends 10]
 //!       [--peer DIR | --no-peer] [--peer-python PATH] [--bin-dir target/release]
-//!       [--moto .tools/venv/bin/moto_server] [--keep] [--env K=V]...
+//!       [--moto .tools/venv/bin/moto_server] [--dynamodb-connections keep|close]
+//!       [--keep] [--env K=V]...
 //! ```
 //!
 //! Layout: `driver` (processes, one send, one direct upstream call), `share`
@@ -20,6 +21,7 @@ mod capacity;
 mod cost;
 mod driver;
 mod http1;
+mod keepalive;
 mod procs;
 mod proxy;
 mod report;
@@ -49,12 +51,16 @@ struct Args {
     keep: bool,
     /// Extra environment of the function (`--env K=V`), for experiments.
     env: Vec<(String, String)>,
+    /// DynamoDB connections kept open between requests, as DynamoDB does
+    /// (`--dynamodb-connections keep`, the default), or closed after each, as
+    /// moto does (`close`).
+    keep_alive: bool,
 }
 
 const USAGE: &str = "usage: bench [--memory host,128,256,512,1024] [--period 20[,100]] \
     [--sends N] [--cold-starts N] [--relay-tokens N] [--relay-runs N] [--count-sends N] \
-    [--peer DIR | --no-peer] [--peer-python PATH] [--bin-dir DIR] [--moto PATH] [--keep] \
-    [--env K=V]...";
+    [--peer DIR | --no-peer] [--peer-python PATH] [--bin-dir DIR] [--moto PATH] \
+    [--dynamodb-connections keep|close] [--keep] [--env K=V]...";
 
 fn parse_args() -> Res<Args> {
     let root = workspace_root();
@@ -74,6 +80,7 @@ fn parse_args() -> Res<Args> {
         peer: None,
         keep: false,
         env: Vec::new(),
+        keep_alive: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -93,6 +100,13 @@ fn parse_args() -> Res<Args> {
             "--bin-dir" => a.bin_dir = PathBuf::from(value()?),
             "--moto" => a.moto = PathBuf::from(value()?),
             "--keep" => a.keep = true,
+            "--dynamodb-connections" => {
+                a.keep_alive = match value()?.as_str() {
+                    "keep" => true,
+                    "close" => false,
+                    other => return Err(format!("--dynamodb-connections {other}: keep or close")),
+                }
+            }
             "--env" => {
                 let kv = value()?;
                 let (k, v) = kv
@@ -161,7 +175,7 @@ async fn run(args: &Args, dir: &Path) -> Res<String> {
         }
     }
     eprintln!("bench: starting moto DynamoDB server and mock inference");
-    let mut b = Bench::start(&args.bin_dir, &args.moto, dir, &args.env).await?;
+    let mut b = Bench::start(&args.bin_dir, &args.moto, dir, &args.env, args.keep_alive).await?;
 
     let mut runs = Vec::new();
     for (k, s) in args.shares.iter().enumerate() {
@@ -259,6 +273,7 @@ async fn run(args: &Args, dir: &Path) -> Res<String> {
     Ok(report::render(&report::Input {
         bin_dir: args.bin_dir.clone(),
         extra_env: &args.env,
+        keep_alive: args.keep_alive,
         shipped_mb: template_memory(),
         runs: &runs,
         counts: &counts,

@@ -69,6 +69,7 @@ impl ShareRun {
 pub struct Input<'a> {
     pub bin_dir: PathBuf,
     pub extra_env: &'a [(String, String)],
+    pub keep_alive: bool,
     pub shipped_mb: Option<u32>,
     pub runs: &'a [ShareRun],
     pub counts: &'a [Counted],
@@ -161,6 +162,17 @@ fn header(o: &mut String, i: &Input) {
         o,
         "         moto_server (DynamoDB), mock-inference (release, token_delay_ms 0); \
          each send on a fresh conversation"
+    );
+    let _ = writeln!(
+        o,
+        "         {}",
+        if i.keep_alive {
+            "DynamoDB connections kept open between requests, as DynamoDB does (moto closes \
+             each one; a front in the benchmark process hides that)"
+        } else {
+            "DynamoDB connections closed after every request, as moto does \
+             (--dynamodb-connections close)"
+        }
     );
     let _ = writeln!(
         o,
@@ -519,7 +531,7 @@ fn requests(o: &mut String, i: &Input) {
                 |c| c.round_trips_before_open,
             ),
             (
-                "  of which per-user limit records (beside the Query)",
+                "  of which the per-user limit record (beside the Query)",
                 |c| c.limits_before_open,
             ),
             ("  requests before the upstream request's first byte", |c| {

@@ -99,8 +99,12 @@ async fn paced_answer(b: &mut Bench, what: &str) -> Res<(String, Conversation)> 
 }
 
 pub async fn run(b: &mut Bench, stops: usize) -> Res<Live> {
-    let gen_ddb = Proxy::dynamodb(b.moto).await.map_err(|e| e.to_string())?;
-    let read_ddb = Proxy::dynamodb(b.moto).await.map_err(|e| e.to_string())?;
+    let gen_ddb = Proxy::dynamodb(b.dynamodb)
+        .await
+        .map_err(|e| e.to_string())?;
+    let read_ddb = Proxy::dynamodb(b.dynamodb)
+        .await
+        .map_err(|e| e.to_string())?;
     let generator = b
         .start_function(
             "send-live",
@@ -157,7 +161,7 @@ pub async fn run(b: &mut Bench, stops: usize) -> Res<Live> {
     let mut base = Units::default();
     let mut added_requests = 0;
     for x in gen_ddb.exchanges(original.released) {
-        // The per-user limit records are not the live answer's (the requests
+        // The per-user limit record is not the live answer's (the requests
         // scenario reports them).
         if x.sent > original.finished || x.record == "LIMIT" {
             continue;

@@ -28,9 +28,9 @@ pub struct Counted {
     /// New DynamoDB connections the function opened.
     pub connections: usize,
     pub units: Units,
-    /// Of `units`, those of the per-user limit records (`LIMIT#<user>`).
+    /// Of `units`, those of the per-user limit record (`LIMIT#<user>`).
     pub limit_units: Units,
-    /// Requests to the limit records among those before the upstream call opens.
+    /// Requests to the limit record among those before the upstream call opens.
     pub limits_before_open: usize,
     pub pattern: String,
     /// released → first request sent → last reply before upstream → upstream
@@ -65,7 +65,9 @@ fn trips(mut spans: Vec<(Instant, Instant)>) -> usize {
 }
 
 pub async fn run(b: &mut Bench, n: usize) -> Res<Vec<Counted>> {
-    let ddb = Proxy::dynamodb(b.moto).await.map_err(|e| e.to_string())?;
+    let ddb = Proxy::dynamodb(b.dynamodb)
+        .await
+        .map_err(|e| e.to_string())?;
     let upstream = Proxy::connections(b.mock)
         .await
         .map_err(|e| e.to_string())?;
