@@ -305,6 +305,14 @@ async fn a_repeated_claim_of_the_same_answer_holds_the_slot() {
     assert!(matches!(other, SlotClaim::Busy(_)), "{other:?}");
 }
 
+/// A generating answer of a conversation of its own.
+fn new_held() -> HeldAnswer {
+    HeldAnswer {
+        answer: Uuid::now_v7(),
+        conversation: Uuid::new_v4(),
+    }
+}
+
 fn limit_windows(minute: i64) -> Windows {
     Windows {
         minute,
@@ -322,12 +330,8 @@ async fn a_repeated_count_of_one_request_counts_it_once_and_a_refund_applies_onc
     let (store, counter) = counted_store(&stack).await;
     let user = Uuid::new_v4();
     let windows = limit_windows(29_935_689);
-    let held = |answer| HeldAnswer {
-        answer,
-        conversation: Uuid::new_v4(),
-    };
-    let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
-    let (a, b) = (held(first), held(second));
+    let (a, b) = (new_held(), new_held());
+    let (first, second) = (a.answer, b.answer);
 
     let before = counter.0.load(Ordering::SeqCst);
     let counted = store.count_request(user, &windows, first, a).await.unwrap();
@@ -376,10 +380,7 @@ async fn a_full_window_refuses_with_the_record_and_an_ended_answer_clears_past_w
     let (store, _) = counted_store(&stack).await;
     let user = Uuid::new_v4();
     let old = limit_windows(29_935_600);
-    let old_held = HeldAnswer {
-        answer: Uuid::now_v7(),
-        conversation: Uuid::new_v4(),
-    };
+    let old_held = new_held();
     store
         .count_request(user, &old, old_held.answer, old_held)
         .await
@@ -388,10 +389,7 @@ async fn a_full_window_refuses_with_the_record_and_an_ended_answer_clears_past_w
     now.day = "2026-12-02".into();
     let mut admitted = Vec::new();
     for _ in 0..3 {
-        let h = HeldAnswer {
-            answer: Uuid::now_v7(),
-            conversation: Uuid::new_v4(),
-        };
+        let h = new_held();
         match store.count_request(user, &now, h.answer, h).await.unwrap() {
             Counted::Admitted(record) => admitted.push((h, record)),
             other => panic!("{other:?}"),
@@ -401,10 +399,7 @@ async fn a_full_window_refuses_with_the_record_and_an_ended_answer_clears_past_w
     assert_eq!(past, &["day_2026-12-01", "min_29935600"]);
 
     // The minute is full: refused, and the record says so.
-    let extra = HeldAnswer {
-        answer: Uuid::now_v7(),
-        conversation: Uuid::new_v4(),
-    };
+    let extra = new_held();
     match store
         .count_request(user, &now, extra.answer, extra)
         .await
