@@ -14,7 +14,7 @@
 //! (Lambda's CPU share and memory limit through cgroups), `scenarios/` (cold
 //! starts, warm sends and relays, DynamoDB requests, the Python peer), `report`
 //! and `cost` (the tables), and the wire pieces (`http1`, `runtime_api`,
-//! `proxy`, `capacity`). `scripts/bench.sh` builds everything and runs it. Not
+//! `proxy`, `keepalive`, `capacity`). `scripts/bench.sh` builds everything and runs it. Not
 //! part of the test suite: nothing here asserts a time.
 
 mod capacity;
