@@ -440,15 +440,10 @@ async fn refusals_for_other_reasons_and_replays_do_not_count() {
     let (slow_run, busy) = tokio::join!(stack.send(&user, slow, &slow_content), async {
         // Once the slow answer holds the conversation's live slot (its model
         // takes 1.5 s to the first token).
-        let live = common::eventually(Duration::from_secs(5), || async {
-            stack
-                .items(slow)
-                .await
-                .iter()
-                .any(|i| i.contains_key("live_id"))
-        })
-        .await;
-        assert!(live, "the slow answer never went live");
+        assert!(
+            stack.went_live(slow).await,
+            "the slow answer never went live"
+        );
         stack.send(&user, slow, &busy_content).await
     });
     slow_run.message_id();

@@ -192,15 +192,10 @@ async fn a_send_during_a_regeneration_is_refused_and_nothing_is_misattached() {
     let send = async {
         // Once the regeneration holds the conversation's live slot (its model
         // takes a second to the first token).
-        let live = common::eventually(std::time::Duration::from_secs(5), || async {
-            stack
-                .items(id)
-                .await
-                .iter()
-                .any(|i| i.contains_key("live_id"))
-        })
-        .await;
-        assert!(live, "the regeneration never went live");
+        assert!(
+            stack.went_live(id).await,
+            "the regeneration never went live"
+        );
         stack.send(&user, id, &two).await
     };
     let (regenerated, sent) = tokio::join!(regenerate, send);

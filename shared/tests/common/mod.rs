@@ -255,6 +255,18 @@ impl Stack {
             .collect()
     }
 
+    /// Waits (at most 5 s) until an answer holds the conversation's live slot;
+    /// `false` if none did.
+    pub async fn went_live(&self, id: Uuid) -> bool {
+        eventually(Duration::from_secs(5), || async {
+            self.items(id)
+                .await
+                .iter()
+                .any(|i| i.contains_key("live_id"))
+        })
+        .await
+    }
+
     /// The checkpoint items of the conversation's live answers, in key order.
     pub async fn checkpoints(&self, id: Uuid) -> Vec<Item> {
         self.all_items(id)
