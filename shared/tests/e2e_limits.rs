@@ -115,6 +115,15 @@ fn detail(stream: &Stream) -> String {
     body["detail"].as_str().expect("detail").to_owned()
 }
 
+/// A new marker whose every request the mock answers with `tokens`.
+async fn answering(stack: &Stack, tokens: &[&str]) -> String {
+    let m = common::marker();
+    stack
+        .scenario(json!({"match": m, "tokens": tokens, "repeat": true}))
+        .await;
+    m
+}
+
 /// Sends one message to each conversation, all at once.
 async fn send_each(stack: &Stack, user: &User, ids: &[Uuid], what: String) -> Vec<Stream> {
     let contents: Vec<String> = (0..ids.len()).map(|i| format!("{what} {i}")).collect();
@@ -140,10 +149,7 @@ async fn untouched(stack: &Stack, id: Uuid) -> bool {
 async fn fifty_racing_sends_of_one_user_meet_the_burst_limit_and_another_user_is_unaffected() {
     let stack = Stack::get().await;
     let (user, other) = (stack.user(), stack.user());
-    let m = common::marker();
-    stack
-        .scenario(json!({"match": m, "tokens": ["fine", "."], "repeat": true}))
-        .await;
+    let m = answering(&stack, &["fine", "."]).await;
     let (ids, others) = tokio::join!(
         conversations(&stack, &user, 50),
         conversations(&stack, &other, 3)
@@ -211,10 +217,7 @@ async fn fifty_racing_sends_of_one_user_meet_the_burst_limit_and_another_user_is
 async fn the_daily_quota_holds_under_racing_requests() {
     let stack = Stack::get().await;
     let user = stack.user();
-    let m = common::marker();
-    stack
-        .scenario(json!({"match": m, "tokens": ["ok"], "repeat": true}))
-        .await;
+    let m = answering(&stack, &["ok"]).await;
     let ids = conversations(&stack, &user, 8).await;
     // Not across midnight, UTC.
     let into_day = now_secs().rem_euclid(86_400);
@@ -360,10 +363,7 @@ async fn concurrent_answers_are_capped_under_racing_requests() {
 async fn a_dead_functions_place_is_freed_by_the_next_send() {
     let stack = Stack::get().await;
     let user = stack.user();
-    let m = common::marker();
-    stack
-        .scenario(json!({"match": m, "tokens": ["back"], "repeat": true}))
-        .await;
+    let m = answering(&stack, &["back"]).await;
     let (abandoned, id) = tokio::join!(
         stack.create_conversation(&user),
         stack.create_conversation(&user)
@@ -399,12 +399,9 @@ async fn a_dead_functions_place_is_freed_by_the_next_send() {
 async fn refusals_for_other_reasons_and_replays_do_not_count() {
     let stack = Stack::get().await;
     let user = stack.user();
-    let m = common::marker();
     let id = stack.create_conversation(&user).await;
     let empty = stack.create_conversation(&user).await;
-    stack
-        .scenario(json!({"match": m, "tokens": ["once"], "repeat": true}))
-        .await;
+    let m = answering(&stack, &["once"]).await;
     inside_one_minute(30).await;
     let minute = minute_attr(now_secs());
 
