@@ -58,10 +58,8 @@ where
     let function = function_name();
     let service = ServiceBuilder::new()
         .map_request(sanitize)
-        .service(StreamAdapter::from(service_fn(move |mut req| {
-            let (invocation, request_id) = begin(&state, &function, &mut req);
-            let reply = handler(state.clone(), req);
-            async move { end(invocation, request_id, reply.await) }
+        .service(StreamAdapter::from(service_fn(move |req| {
+            measured(&state, &function, &handler, req)
         })));
     runtime_api::run(service).await
 }
@@ -76,10 +74,8 @@ where
     let service = ServiceBuilder::new()
         .map_request(sanitize)
         .map_response(runtime_api::Buffered)
-        .service(Adapter::from(service_fn(move |mut req| {
-            let (invocation, request_id) = begin(&state, &function, &mut req);
-            let reply = handler(state.clone(), req);
-            async move { end(invocation, request_id, reply.await) }
+        .service(Adapter::from(service_fn(move |req| {
+            measured(&state, &function, &handler, req)
         })));
     runtime_api::run(service).await
 }
@@ -94,6 +90,22 @@ fn function_name() -> Arc<str> {
 /// The response header carrying the Lambda request id: what a user quotes to
 /// support, and what finds the invocation's log lines and metrics record.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// One invocation of `handler`, with its metrics record ([`begin`], [`end`]).
+fn measured<F, Fut, B>(
+    state: &Arc<AppState>,
+    function: &Arc<str>,
+    handler: &F,
+    mut req: Request,
+) -> impl Future<Output = Result<Response<B>, Error>>
+where
+    F: Fn(Arc<AppState>, Request) -> Fut,
+    Fut: Future<Output = Result<Response<B>, Error>>,
+{
+    let (invocation, request_id) = begin(state, function, &mut req);
+    let reply = handler(state.clone(), req);
+    async move { end(invocation, request_id, reply.await) }
+}
 
 /// Starts the invocation's metrics record and hands it to the handler in the
 /// request's extensions (see [`crate::metrics`]).
