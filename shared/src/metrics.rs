@@ -264,12 +264,6 @@ impl Invocation {
         f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner));
     }
 
-    /// When the function received the event.
-    pub fn started(&self) -> Option<Instant> {
-        let record = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        record.out.as_ref().map(|out| out.started)
-    }
-
     /// The route, one of a fixed set of names.
     pub fn route(&self, route: &'static str) {
         self.update(|r| r.route = route);
