@@ -8,7 +8,7 @@
 //! | message      | `CONV#<uuid>`       | `M#<uuidv7>`      | not projected (no `user_id`)    |
 //! | checkpoint   | `CONV#<uuid>`       | `L#<uuidv7>#<seq>`| not projected (no `user_id`)    |
 //! | idempotency  | `IDEM#<user>#<key>` | `META`            | not projected                   |
-//! | user limits  | `LIMIT#<user>`      | `M#…`, `D#…`, `ACTIVE` | not projected ([`limits`]) |
+//! | user limits  | `LIMIT#<user>`      | `LIMITS`          | not projected ([`limits`])      |
 //!
 //! `META` sorts after every `M#...` key (`#` < `E`), so one descending Query on the
 //! partition returns the conversation first and then its newest messages: that is
