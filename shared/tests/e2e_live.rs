@@ -11,30 +11,9 @@ use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn words(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!(" w{i}")).collect()
-}
-
-/// Registers a slow answer of `n` tokens (`delay_ms` apart) for `content`.
-async fn slow_answer(stack: &Stack, content: &str, n: usize, delay_ms: u64) -> Vec<String> {
-    let tokens = words(n);
-    stack
-        .scenario(json!({"match": content, "tokens": tokens, "token_delay_ms": delay_ms}))
-        .await;
-    tokens
-}
-
 /// A stream read in the background, as a browser tab reads it.
 fn in_background(req: reqwest::RequestBuilder) -> tokio::task::JoinHandle<Stream> {
     tokio::spawn(async move { Stream::read(req.send().await.expect("request")).await })
-}
-
-fn send_req(stack: &Stack, user: &User, id: Uuid, content: &str) -> reqwest::RequestBuilder {
-    stack
-        .http
-        .post(stack.url("send", &format!("/api/conversations/{id}/messages")))
-        .bearer_auth(&user.token)
-        .json(&json!({ "content": content }))
 }
 
 fn resume_req(stack: &Stack, user: &User, id: Uuid) -> reqwest::RequestBuilder {
@@ -94,8 +73,8 @@ async fn stop_ends_the_stream_and_keeps_the_text_so_far() {
     let stack = Stack::get().await;
     let (user, id, m) = stack.chat().await;
     let content = format!("long {m}");
-    let full = slow_answer(&stack, &content, 200, 50).await;
-    let generating = in_background(send_req(&stack, &user, id, &content));
+    let full = stack.slow_answer(&content, 200, 50).await;
+    let generating = in_background(stack.send_req(&user, id, &content));
 
     let live = until_streaming(&stack, &user, id, 10).await;
     assert_eq!(live["role"], "assistant");
@@ -142,7 +121,7 @@ async fn a_stop_before_the_first_token_stores_no_answer() {
     stack
         .scenario(json!({"match": content, "tokens": ["never"], "first_token_delay_ms": 4000}))
         .await;
-    let generating = in_background(send_req(&stack, &user, id, &content));
+    let generating = in_background(stack.send_req(&user, id, &content));
     // As soon as the answer is live (its claim is the first thing a send writes).
     let stopped = poll(|| async {
         let (status, body) = stop(&stack, &user, &id.to_string()).await;
@@ -164,8 +143,8 @@ async fn resumed_readers_get_the_whole_answer_and_the_same_ending() {
     let stack = Stack::get().await;
     let (user, id, m) = stack.chat().await;
     let content = format!("resume {m}");
-    let full = slow_answer(&stack, &content, 80, 50).await;
-    let original = in_background(send_req(&stack, &user, id, &content));
+    let full = stack.slow_answer(&content, 80, 50).await;
+    let original = in_background(stack.send_req(&user, id, &content));
 
     until_streaming(&stack, &user, id, 10).await;
     // Two readers, as after a reload and on a second device.
@@ -199,8 +178,8 @@ async fn a_resumed_reader_sees_a_stop_as_the_original_does() {
     let stack = Stack::get().await;
     let (user, id, m) = stack.chat().await;
     let content = format!("stop resumed {m}");
-    slow_answer(&stack, &content, 200, 50).await;
-    let original = in_background(send_req(&stack, &user, id, &content));
+    stack.slow_answer(&content, 200, 50).await;
+    let original = in_background(stack.send_req(&user, id, &content));
     until_streaming(&stack, &user, id, 5).await;
     let resumed = in_background(resume_req(&stack, &user, id));
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -217,8 +196,8 @@ async fn one_live_answer_per_conversation() {
     let stack = Stack::get().await;
     let (user, id, m) = stack.chat().await;
     let content = format!("first {m}");
-    slow_answer(&stack, &content, 200, 50).await;
-    let generating = in_background(send_req(&stack, &user, id, &content));
+    stack.slow_answer(&content, 200, 50).await;
+    let generating = in_background(stack.send_req(&user, id, &content));
     until_streaming(&stack, &user, id, 1).await;
     let before = stack.items(id).await;
 
@@ -320,8 +299,8 @@ async fn deleting_a_conversation_mid_answer_stops_it_and_leaves_nothing() {
     let stack = Stack::get().await;
     let (user, id, m) = stack.chat().await;
     let content = format!("doomed {m}");
-    slow_answer(&stack, &content, 200, 50).await;
-    let generating = in_background(send_req(&stack, &user, id, &content));
+    stack.slow_answer(&content, 200, 50).await;
+    let generating = in_background(stack.send_req(&user, id, &content));
     until_streaming(&stack, &user, id, 5).await;
     let resp = stack
         .http

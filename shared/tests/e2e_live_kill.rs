@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::{eventually, s, Stack};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// The pids of the test stack's `send` function processes (children of the
 /// `cargo lambda watch` serving the stack's function port) that hold an open
@@ -103,15 +103,9 @@ async fn a_killed_function_loses_at_most_its_last_checkpoint_interval() {
         .to_owned();
     let (user, id, m) = stack.chat().await;
     let content = format!("doomed {m}");
-    let tokens: Vec<String> = (0..400).map(|i| format!(" t{i}")).collect();
-    stack
-        .scenario(json!({"match": content, "tokens": tokens, "token_delay_ms": 50}))
-        .await;
+    let tokens = stack.slow_answer(&content, 400, 50).await;
     let resp = stack
-        .http
-        .post(stack.url("send", &format!("/api/conversations/{id}/messages")))
-        .bearer_auth(&user.token)
-        .json(&json!({ "content": content }))
+        .send_req(&user, id, &content)
         .send()
         .await
         .expect("send");

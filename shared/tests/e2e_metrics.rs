@@ -270,15 +270,8 @@ async fn a_stopped_answer_is_counted_stopped() {
     let stack = Stack::get().await;
     let (user, id, m) = stack.chat().await;
     let content = format!("long {m}");
-    let tokens: Vec<String> = (0..200).map(|i| format!(" w{i}")).collect();
-    stack
-        .scenario(json!({"match": content, "tokens": tokens, "token_delay_ms": 50}))
-        .await;
-    let req = stack
-        .http
-        .post(stack.url("send", &format!("/api/conversations/{id}/messages")))
-        .bearer_auth(&user.token)
-        .json(&json!({ "content": content }));
+    stack.slow_answer(&content, 200, 50).await;
+    let req = stack.send_req(&user, id, &content);
     let generating =
         tokio::spawn(async move { Stream::read(req.send().await.expect("send")).await });
 

@@ -210,6 +210,23 @@ impl Stack {
             .bearer_auth(&user.token)
     }
 
+    /// Registers a slow answer of `n` tokens (` w0`, ` w1`, ..., `delay_ms`
+    /// apart) for `content`; returns the tokens.
+    pub async fn slow_answer(&self, content: &str, n: usize, delay_ms: u64) -> Vec<String> {
+        let tokens: Vec<String> = (0..n).map(|i| format!(" w{i}")).collect();
+        self.scenario(json!({"match": content, "tokens": tokens, "token_delay_ms": delay_ms}))
+            .await;
+        tokens
+    }
+
+    /// The send request of `content` to conversation `id`, not yet sent.
+    pub fn send_req(&self, user: &User, id: Uuid, content: &str) -> reqwest::RequestBuilder {
+        self.http
+            .post(self.url("send", &format!("/api/conversations/{id}/messages")))
+            .bearer_auth(&user.token)
+            .json(&json!({ "content": content }))
+    }
+
     /// A new user and a conversation of theirs.
     pub async fn user_with_conversation(&self) -> (User, Uuid) {
         let user = self.user();
