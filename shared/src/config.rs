@@ -53,6 +53,9 @@ pub struct Config {
     pub live_stale_after: Duration,
     /// Per-user limits on what reaches the upstream.
     pub limits: Limits,
+    /// A PEM bundle of the CA roots the upstream's certificate is checked
+    /// against (`SSL_CERT_FILE`), instead of the built-in Mozilla roots.
+    pub upstream_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -173,6 +176,7 @@ impl Config {
             inference_connect_timeout: Duration::from_millis(connect_ms),
             checkpoint_interval: Duration::from_millis(checkpoint_ms),
             live_stale_after: Duration::from_millis(stale_ms),
+            upstream_ca_file: get("SSL_CERT_FILE").map(Into::into),
             limits,
         })
     }

@@ -31,57 +31,46 @@ impl InferenceRequest {
     }
 }
 
-/// Where the system's PEM bundle of CA roots is looked for when `SSL_CERT_FILE`
-/// is not set: the bundle files `rustls-native-certs` probes (through
-/// `openssl-probe`) on Linux, in its order; Amazon Linux 2023's is the third.
-const ROOT_BUNDLES: &[&str] = &[
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/ca-bundle.pem",
-    "/etc/pki/tls/cacert.pem",
-    "/etc/ssl/cert.pem",
-];
-
-/// The system's CA roots, read from its PEM bundle with a plain base64 decoder.
+/// The upstream client's TLS: trust in Mozilla's CA roots as `webpki-roots`
+/// compiles them in (trust anchors ready to use, so a cold start decodes no
+/// certificate), or in the PEM bundle `ca_file` (`SSL_CERT_FILE`) instead, for an
+/// upstream behind a private CA. A bundle that cannot be read or holds no usable
+/// root fails the cold start, naming the variable.
 ///
-/// reqwest's default verifier loads the same bundle through `rustls-native-certs`,
-/// whose constant-time base64 decoding was 40 % of a cold start's instructions
-/// (callgrind; the AWS SDK's client decodes the bundle once more). Roots are
-/// public, so constant time buys nothing here. `None` keeps reqwest's default:
-/// when `SSL_CERT_DIR` names a directory of roots (not read here), when no
-/// bundle is found, or when a block does not decode.
-fn system_roots() -> Option<Vec<reqwest::Certificate>> {
-    use base64::Engine as _;
+/// Reading the system bundle of about 140 roots was the largest cost of a cold
+/// start left once the DynamoDB client trusted only the Amazon roots. The
+/// compiled-in set moves with this crate's releases, not the OS image's.
+fn upstream_tls(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
 
-    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
-    const END: &str = "-----END CERTIFICATE-----";
-    if std::env::var_os("SSL_CERT_DIR").is_some() {
-        return None;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let unusable = || {
+                format!(
+                    "configuration: SSL_CERT_FILE holds no usable CA root ({})",
+                    path.display()
+                )
+            };
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|_| unusable())?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| unusable())?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(unusable());
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
-    let path = match std::env::var_os("SSL_CERT_FILE") {
-        Some(file) => std::path::PathBuf::from(file),
-        None => ROOT_BUNDLES
-            .iter()
-            .map(std::path::Path::new)
-            .find(|p| p.is_file())?
-            .to_owned(),
-    };
-    let pem = std::fs::read_to_string(path).ok()?;
-    let mut roots = Vec::new();
-    let mut rest = pem.as_str();
-    while let Some(start) = rest.find(BEGIN) {
-        let block = &rest[start + BEGIN.len()..];
-        let end = block.find(END)?;
-        let b64: Vec<u8> = block[..end]
-            .bytes()
-            .filter(|b| !b.is_ascii_whitespace())
-            .collect();
-        let der = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
-        roots.push(reqwest::Certificate::from_der(&der).ok()?);
-        rest = &block[end + END.len()..];
-    }
-    (!roots.is_empty()).then_some(roots)
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("inference client: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tls)
 }
 
 /// Why the upstream gave no stream.
@@ -102,17 +91,14 @@ pub struct InferenceClient {
 
 impl InferenceClient {
     pub fn new(config: &Config) -> Result<Self, String> {
-        let builder = || {
-            reqwest::Client::builder()
-                .connect_timeout(config.inference_connect_timeout)
-                .tcp_nodelay(true)
-                .pool_idle_timeout(Duration::from_secs(60))
-            // Streams are long and bounded by the relay's own deadline, so the
-            // client has no whole-request timeout.
-        };
-        let http = system_roots()
-            .and_then(|roots| builder().tls_certs_only(roots).build().ok())
-            .map_or_else(|| builder().build(), Ok)
+        // Streams are long and bounded by the relay's own deadline, so the
+        // client has no whole-request timeout.
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.inference_connect_timeout)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tls_backend_preconfigured(upstream_tls(config.upstream_ca_file.as_deref())?)
+            .build()
             .map_err(|e| format!("inference client: {e}"))?;
         let url = reqwest::Url::parse(&config.inference_url)
             .map_err(|_| "configuration: INFERENCE_URL is invalid".to_owned())?;
