@@ -39,7 +39,23 @@ impl AppState {
         use aws_config::timeout::TimeoutConfig;
 
         let config = Config::from_env().map_err(|e| e.to_string())?;
-        let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        let mut aws = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        // Lambda gives the region and the execution role's credentials in the
+        // environment, where the SDK's default chains look first. Taken from
+        // there directly, the cold start skips building the rest of those chains
+        // (an STS client for web identity, IMDS and profile providers): a third
+        // of its instructions. Without them (a developer's profile) the default
+        // chains apply.
+        if let Some(region) = env_value("AWS_REGION") {
+            aws = aws.region(aws_config::Region::new(region));
+        }
+        if env_value("AWS_ACCESS_KEY_ID").is_some() && env_value("AWS_SECRET_ACCESS_KEY").is_some()
+        {
+            aws = aws.credentials_provider(
+                aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
+            );
+        }
+        let aws = aws
             .retry_config(
                 RetryConfig::standard()
                     .with_max_attempts(4)
@@ -91,11 +107,16 @@ fn needs_system_roots(endpoint: Option<&str>) -> bool {
 /// The Amazon Trust Services roots, which every AWS service endpoint chains to.
 const AMAZON_ROOTS: &str = include_str!("../certs/amazon-trust-services.pem");
 
+/// A variable of the environment that is set and not empty.
+fn env_value(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
 /// The DynamoDB endpoint set through the SDK's own variables, if any.
 fn endpoint_override() -> Option<String> {
     ["AWS_ENDPOINT_URL_DYNAMODB", "AWS_ENDPOINT_URL"]
-        .iter()
-        .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+        .into_iter()
+        .find_map(env_value)
 }
 
 /// The SDK's own HTTP client (its pooling, timeouts and transport-error
