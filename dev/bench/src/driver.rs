@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_dynamodb::types::AttributeValue;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use samosachaat::api::ChatParams;
 use samosachaat::config::InferenceDefaults;
@@ -47,6 +48,8 @@ pub type Res<T> = Result<T, String>;
 /// function's binary and configuration.
 pub struct Bench {
     pub store: Store,
+    /// The same client as `store`'s, for the benchmark's own clean-up.
+    dynamodb_client: aws_sdk_dynamodb::Client,
     pub user: Uuid,
     token: String,
     pub mock: SocketAddr,
@@ -158,7 +161,8 @@ impl Bench {
         .chain(extra.iter().cloned())
         .collect();
         Ok(Self {
-            store: Store::new(client, TABLE),
+            store: Store::new(client.clone(), TABLE),
+            dynamodb_client: client,
             user,
             token: mint(user)?,
             mock,
@@ -373,6 +377,16 @@ impl Bench {
             .delete_conversation(self.user, conversation.id)
             .await
             .map_err(|e| format!("delete conversation: {e}"))?;
+        // And so is the user's limit record (its key: `store::limits`), or the
+        // table would grow by one item a send.
+        self.dynamodb_client
+            .delete_item()
+            .table_name(TABLE)
+            .key("pk", AttributeValue::S(format!("LIMIT#{}", self.user)))
+            .key("sk", AttributeValue::S("LIMITS".into()))
+            .send()
+            .await
+            .map_err(|e| format!("delete limit record: {e}"))?;
         Ok(SendRun {
             invoked,
             tokens: tokens_at,
