@@ -50,6 +50,7 @@ pub struct Bench {
     pub store: Store,
     /// The same client as `store`'s, for the benchmark's own clean-up.
     dynamodb_client: aws_sdk_dynamodb::Client,
+    /// The user of the latest send (each send has a user of its own).
     pub user: Uuid,
     token: String,
     pub mock: SocketAddr,
