@@ -80,28 +80,37 @@ impl SseReader {
         }
     }
 
+    /// Handles the line gathered in `self.line` and empties it, keeping its
+    /// buffer for the next line.
     fn finish_line(&mut self, out: &mut Vec<Event>) {
-        let mut bytes = std::mem::take(&mut self.line);
+        let dispatch = self.take_line();
+        self.line.clear();
+        if dispatch {
+            self.dispatch(out);
+        }
+    }
+
+    /// Applies the gathered line to the pending event; true when it is the blank
+    /// line that ends the event.
+    fn take_line(&mut self) -> bool {
+        let mut bytes = self.line.as_slice();
         if !self.first_line_done {
             self.first_line_done = true;
-            if bytes.starts_with(b"\xEF\xBB\xBF") {
-                bytes.drain(..3);
-            }
+            bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
         }
         if std::mem::take(&mut self.line_overflow) {
             self.event_broken = true;
-            return;
+            return false;
         }
-        let Ok(line) = std::str::from_utf8(&bytes) else {
+        let Ok(line) = std::str::from_utf8(bytes) else {
             self.event_broken = true;
-            return;
+            return false;
         };
         if line.is_empty() {
-            self.dispatch(out);
-            return;
+            return true;
         }
         if line.starts_with(':') {
-            return;
+            return false;
         }
         let (field, value) = match line.split_once(':') {
             Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
@@ -119,6 +128,7 @@ impl SseReader {
             self.has_data = true;
         }
         // `event`, `id`, `retry` and unknown fields carry nothing for us.
+        false
     }
 
     fn dispatch(&mut self, out: &mut Vec<Event>) {
@@ -128,14 +138,14 @@ impl SseReader {
         if !has_data || broken {
             return;
         }
-        if let Some(event) = interpret(&data) {
+        if let Some(event) = interpret(data) {
             out.push(event);
         }
     }
 }
 
-fn interpret(data: &str) -> Option<Event> {
-    let Ok(Value::Object(map)) = serde_json::from_str::<Value>(data) else {
+fn interpret(data: String) -> Option<Event> {
+    let Ok(Value::Object(mut map)) = serde_json::from_str::<Value>(&data) else {
         return None;
     };
     if map.get("done") == Some(&Value::Bool(true)) {
@@ -146,13 +156,10 @@ fn interpret(data: &str) -> Option<Event> {
     let json = if data.contains('\n') {
         encode(&map)
     } else {
-        data.to_owned()
+        data
     };
-    match map.get("token") {
-        Some(Value::String(text)) => Some(Event::Token {
-            text: text.clone(),
-            json,
-        }),
+    match map.remove("token") {
+        Some(Value::String(text)) => Some(Event::Token { text, json }),
         _ => Some(Event::Other { json }),
     }
 }
