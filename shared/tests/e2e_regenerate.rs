@@ -181,7 +181,11 @@ async fn a_send_during_a_regeneration_is_refused_and_nothing_is_misattached() {
     stack.turn(&user, id, &one, &["A1"]).await;
     stack
         .scenario(
-            json!({"match": one, "tokens": ["late", " answer"], "first_token_delay_ms": 1000}),
+            // Long enough for the send to reach its function while the
+            // regeneration is still live, even on a loaded machine (a CI run
+            // once took 1.2 s from the slot's claim to the send's); the
+            // heartbeat keeps a silent live answer from looking dead.
+            json!({"match": one, "tokens": ["late", " answer"], "first_token_delay_ms": 3000}),
         )
         .await;
     stack
@@ -191,7 +195,7 @@ async fn a_send_during_a_regeneration_is_refused_and_nothing_is_misattached() {
     let regenerate = stack.regenerate(&user, id);
     let send = async {
         // Once the regeneration holds the conversation's live slot (its model
-        // takes a second to the first token).
+        // takes three seconds to the first token).
         assert!(
             stack.went_live(id).await,
             "the regeneration never went live"
