@@ -69,13 +69,15 @@ async fn a_retry_while_running_is_409_and_a_different_body_is_422() {
     let (user, id, m) = stack.chat().await;
     let key = format!("key-{m}");
     stack
-        .scenario(json!({"match": m, "tokens": ["slow"], "first_token_delay_ms": 1500}))
+        .scenario(json!({"match": m, "tokens": ["slow"], "first_token_delay_ms": 3000}))
         .await;
     let body = json!({"content": format!("long one {m}")});
 
     let first = post(&stack, &user, "send", id, &key, body.clone());
     let during = async {
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        // Once the first holds the conversation's live slot (its model takes
+        // three seconds to the first token, time enough on a loaded machine).
+        assert!(stack.went_live(id).await, "the first send never went live");
         let running = post(&stack, &user, "send", id, &key, body.clone()).await;
         // The key reused for another request (here: another conversation, so
         // the first one's live answer does not answer 409 first).
