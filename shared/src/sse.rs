@@ -145,22 +145,105 @@ impl SseReader {
 }
 
 fn interpret(data: String) -> Option<Event> {
-    let Ok(Value::Object(mut map)) = serde_json::from_str::<Value>(&data) else {
-        return None;
+    // A multi-line event (data fields joined by `\n`) is re-encoded onto one
+    // line, so it needs the whole object; a one-line event goes to the browser
+    // exactly as the upstream sent it, so only its `done` and `token` are read.
+    let (done, token, json) = if data.contains('\n') {
+        let Ok(Value::Object(mut map)) = serde_json::from_str::<Value>(&data) else {
+            return None;
+        };
+        let done = map.get("done") == Some(&Value::Bool(true));
+        let json = encode(&map);
+        let token = match map.remove("token") {
+            Some(Value::String(text)) => Some(text),
+            _ => None,
+        };
+        (done, token, json)
+    } else {
+        let Ok(fields) = serde_json::from_str::<Fields>(&data) else {
+            return None;
+        };
+        (fields.done, fields.token, data)
     };
-    if map.get("done") == Some(&Value::Bool(true)) {
+    if done {
         return Some(Event::Done);
     }
-    // A one-line event goes to the browser exactly as the upstream sent it; only
-    // a multi-line one (data fields joined by `\n`) is re-encoded onto one line.
-    let json = if data.contains('\n') {
-        encode(&map)
-    } else {
-        data
-    };
-    match map.remove("token") {
-        Some(Value::String(text)) => Some(Event::Token { text, json }),
-        _ => Some(Event::Other { json }),
+    match token {
+        Some(text) => Some(Event::Token { text, json }),
+        None => Some(Event::Other { json }),
+    }
+}
+/// What the reader needs of a one-line event: whether it is `{"done": true}`,
+/// and its token if that is a string. The rest of the object is checked to be
+/// JSON but not built (that was half of the reader's instructions). Like a
+/// parsed map, a repeated key counts by its last value; anything but an
+/// object is refused.
+struct Fields {
+    done: bool,
+    token: Option<String>,
+}
+
+/// A key of an event object, matched without allocating.
+enum Key {
+    Done,
+    Token,
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl serde::de::Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Key, E> {
+                Ok(match key {
+                    "done" => Key::Done,
+                    "token" => Key::Token,
+                    _ => Key::Other,
+                })
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Fields {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct FieldsVisitor;
+        impl<'de> serde::de::Visitor<'de> for FieldsVisitor {
+            type Value = Fields;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Fields, A::Error> {
+                let mut fields = Fields {
+                    done: false,
+                    token: None,
+                };
+                while let Some(key) = map.next_key::<Key>()? {
+                    match key {
+                        Key::Done => fields.done = map.next_value::<Value>()? == Value::Bool(true),
+                        Key::Token => {
+                            fields.token = match map.next_value::<Value>()? {
+                                Value::String(text) => Some(text),
+                                _ => None,
+                            }
+                        }
+                        Key::Other => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(fields)
+            }
+        }
+        d.deserialize_map(FieldsVisitor)
     }
 }
 
@@ -196,6 +279,82 @@ mod tests {
 
     fn tok(t: &str) -> String {
         format!("data: {}\n\n", serde_json::json!({"token": t, "gpu": 0}))
+    }
+
+    #[test]
+    fn one_line_events_read_as_a_parsed_object_would() {
+        // (data, what the whole parsed object says).
+        let cases: &[(&str, Option<Event>)] = &[
+            (
+                r#"{"token":"a","gpu":0}"#,
+                Some(Event::Token {
+                    text: "a".into(),
+                    json: r#"{"token":"a","gpu":0}"#.into(),
+                }),
+            ),
+            (
+                r#"{"gpu":[1,{"token":"x"}],"token":"b"}"#,
+                Some(Event::Token {
+                    text: "b".into(),
+                    json: r#"{"gpu":[1,{"token":"x"}],"token":"b"}"#.into(),
+                }),
+            ),
+            (
+                r#"{"tok\u0065n":"esc"}"#,
+                Some(Event::Token {
+                    text: "esc".into(),
+                    json: r#"{"tok\u0065n":"esc"}"#.into(),
+                }),
+            ),
+            (
+                r#"{"token":"first","token":"last"}"#,
+                Some(Event::Token {
+                    text: "last".into(),
+                    json: r#"{"token":"first","token":"last"}"#.into(),
+                }),
+            ),
+            (
+                r#"{"token":"t","token":5}"#,
+                Some(Event::Other {
+                    json: r#"{"token":"t","token":5}"#.into(),
+                }),
+            ),
+            (
+                r#"{"token":null}"#,
+                Some(Event::Other {
+                    json: r#"{"token":null}"#.into(),
+                }),
+            ),
+            (
+                r#"{"done":"true"}"#,
+                Some(Event::Other {
+                    json: r#"{"done":"true"}"#.into(),
+                }),
+            ),
+            (r#"{"done":true,"token":"late"}"#, Some(Event::Done)),
+            (
+                r#"{"done":true,"done":false}"#,
+                Some(Event::Other {
+                    json: r#"{"done":true,"done":false}"#.into(),
+                }),
+            ),
+            (
+                r#"{"status":"searching"}"#,
+                Some(Event::Other {
+                    json: r#"{"status":"searching"}"#.into(),
+                }),
+            ),
+            (r#"["token","a"]"#, None),
+            (r#""token""#, None),
+            ("5", None),
+            ("null", None),
+            (r#"{"token":"a"} trailing"#, None),
+            (r#"{"token":"a","x":}"#, None),
+            (r#"{"token":"a""#, None),
+        ];
+        for (data, expected) in cases {
+            assert_eq!(&interpret((*data).to_owned()), expected, "{data}");
+        }
     }
 
     #[test]
