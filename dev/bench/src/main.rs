@@ -71,7 +71,9 @@ fn parse_args() -> Res<Args> {
     let mut a = Args {
         shares: Vec::new(),
         sends: 40,
-        cold_starts: 7,
+        // Init under a share is bimodal (see the README's "Bursts"): enough
+        // samples for its median to be steady.
+        cold_starts: 15,
         relay_tokens: 5000,
         relay_runs: 5,
         count_sends: 10,

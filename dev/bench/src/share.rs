@@ -93,9 +93,11 @@ pub fn create(share: &Share, name: &str) -> Result<Option<Cgroup>, String> {
 
 impl Cgroup {
     /// The `cgroup.procs` files to join, opened before fork so that the child
-    /// only has to `write` to them (see `procs::function`).
+    /// only has to `write` to them (see `procs::function`). The CPU group is
+    /// joined last, so the work of joining the memory group is not charged to
+    /// the function's CPU quota.
     pub fn procs_files(&self) -> Result<Vec<File>, String> {
-        [&self.cpu, &self.memory]
+        [&self.memory, &self.cpu]
             .iter()
             .map(|dir| {
                 let path = dir.join("cgroup.procs");
