@@ -14,7 +14,7 @@ use samosachaat::api::ChatParams;
 use samosachaat::config::InferenceDefaults;
 use samosachaat::inference::InferenceRequest;
 use samosachaat::prompt::{self, Role, Turn, DEFAULT_TITLE};
-use samosachaat::store::Store;
+use samosachaat::store::{limit_pk, Store, LIMITS_SK};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -378,13 +378,13 @@ impl Bench {
             .delete_conversation(self.user, conversation.id)
             .await
             .map_err(|e| format!("delete conversation: {e}"))?;
-        // And so is the user's limit record (its key: `store::limits`), or the
-        // table would grow by one item a send.
+        // And so is the user's limit record, or the table would grow by one
+        // item a send.
         self.dynamodb_client
             .delete_item()
             .table_name(TABLE)
-            .key("pk", AttributeValue::S(format!("LIMIT#{}", self.user)))
-            .key("sk", AttributeValue::S("LIMITS".into()))
+            .key("pk", AttributeValue::S(limit_pk(self.user)))
+            .key("sk", AttributeValue::S(LIMITS_SK.into()))
             .send()
             .await
             .map_err(|e| format!("delete limit record: {e}"))?;

@@ -26,7 +26,8 @@ use uuid::Uuid;
 use super::{applied, classify, n, s, Store, StoreError};
 
 const LIMIT_PREFIX: &str = "LIMIT#";
-const LIMITS_SK: &str = "LIMITS";
+/// The sort key of a user's limit record.
+pub const LIMITS_SK: &str = "LIMITS";
 const MINUTE_PREFIX: &str = "min_";
 const DAY_PREFIX: &str = "day_";
 
@@ -150,7 +151,8 @@ fn short_id(id: Uuid) -> String {
     simple[simple.len() - 12..].to_owned()
 }
 
-fn limit_pk(user: Uuid) -> String {
+/// The partition key of a user's limit record.
+pub fn limit_pk(user: Uuid) -> String {
     format!("{LIMIT_PREFIX}{user}")
 }
 

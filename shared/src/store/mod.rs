@@ -41,7 +41,7 @@ use crate::time_fmt;
 
 pub use conversation::{Conversation, CursorOr, Page};
 pub use idempotency::{Claim, IdempotencyKey, Replay, IDEMPOTENCY_TTL_SECS};
-pub use limits::{Counted, HeldAnswer, LimitRecord, Windows};
+pub use limits::{limit_pk, Counted, HeldAnswer, LimitRecord, Windows, LIMITS_SK};
 pub use live::{Checkpoint, LiveSlot, SlotClaim, SlotGuard, SlotState, CHECKPOINT_TTL_SECS};
 pub use message::{ChatContext, Message, MessageStatus, Replacing};
 
