@@ -145,35 +145,24 @@ impl SseReader {
 }
 
 fn interpret(data: String) -> Option<Event> {
-    // A multi-line event (data fields joined by `\n`) is re-encoded onto one
-    // line, so it needs the whole object; a one-line event goes to the browser
-    // exactly as the upstream sent it, so only its `done` and `token` are read.
-    let (done, token, json) = if data.contains('\n') {
-        let Ok(Value::Object(mut map)) = serde_json::from_str::<Value>(&data) else {
-            return None;
-        };
-        let done = map.get("done") == Some(&Value::Bool(true));
-        let json = encode(&map);
-        let token = match map.remove("token") {
-            Some(Value::String(text)) => Some(text),
-            _ => None,
-        };
-        (done, token, json)
-    } else {
-        let Ok(fields) = serde_json::from_str::<Fields>(&data) else {
-            return None;
-        };
-        (fields.done, fields.token, data)
-    };
-    if done {
+    let fields = serde_json::from_str::<Fields>(&data).ok()?;
+    if fields.done {
         return Some(Event::Done);
     }
-    match token {
+    // A one-line event goes to the browser exactly as the upstream sent it; only
+    // a multi-line one (data fields joined by `\n`) is re-encoded onto one line.
+    let json = if data.contains('\n') {
+        encode(&serde_json::from_str(&data).ok()?)
+    } else {
+        data
+    };
+    match fields.token {
         Some(text) => Some(Event::Token { text, json }),
         None => Some(Event::Other { json }),
     }
 }
-/// What the reader needs of a one-line event: whether it is `{"done": true}`,
+
+/// What the reader needs of an event: whether it is `{"done": true}`,
 /// and its token if that is a string. The rest of the object is checked to be
 /// JSON but not built (that was half of the reader's instructions). Like a
 /// parsed map, a repeated key counts by its last value; anything but an
