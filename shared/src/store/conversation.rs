@@ -246,7 +246,7 @@ impl Store {
     }
 }
 
-fn conversation_item(c: &Conversation) -> Item {
+pub fn conversation_item(c: &Conversation) -> Item {
     let mut item = HashMap::from([
         ("pk".to_owned(), s(conversation_pk(c.id))),
         ("sk".to_owned(), s(META_SK)),
@@ -267,7 +267,7 @@ fn conversation_item(c: &Conversation) -> Item {
     item
 }
 
-pub(super) fn conversation_from(item: &Item) -> Result<Conversation, StoreError> {
+pub fn conversation_from(item: &Item) -> Result<Conversation, StoreError> {
     Ok(Conversation {
         id: uuid_attr(item, "id")?,
         user_id: uuid_attr(item, "user_id")?,

@@ -307,7 +307,7 @@ fn guarded(
         .update_expression(set)
 }
 
-pub(super) fn message_item(m: &Message) -> Item {
+pub fn message_item(m: &Message) -> Item {
     let mut item = HashMap::from([
         ("pk".to_owned(), s(conversation_pk(m.conversation_id))),
         ("sk".to_owned(), s(message_sk(m.id))),
@@ -333,7 +333,7 @@ pub(super) fn message_item(m: &Message) -> Item {
     item
 }
 
-pub(super) fn message_from(item: &Item) -> Result<Message, StoreError> {
+pub fn message_from(item: &Item) -> Result<Message, StoreError> {
     Ok(Message {
         id: uuid_attr(item, "id")?,
         conversation_id: uuid_attr(item, "conversation_id")?,

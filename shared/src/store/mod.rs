@@ -39,11 +39,11 @@ use uuid::Uuid;
 
 use crate::time_fmt;
 
-pub use conversation::{Conversation, CursorOr, Page};
+pub use conversation::{conversation_from, conversation_item, Conversation, CursorOr, Page};
 pub use idempotency::{Claim, IdempotencyKey, Replay, IDEMPOTENCY_TTL_SECS};
 pub use limits::{limit_pk, Counted, HeldAnswer, LimitRecord, Windows, LIMITS_SK};
 pub use live::{Checkpoint, LiveSlot, SlotClaim, SlotGuard, SlotState, CHECKPOINT_TTL_SECS};
-pub use message::{ChatContext, Message, MessageStatus, Replacing};
+pub use message::{message_from, message_item, ChatContext, Message, MessageStatus, Replacing};
 
 pub const USER_INDEX: &str = "by_user";
 pub const META_SK: &str = "META";
@@ -55,7 +55,7 @@ const CONV_PREFIX: &str = "CONV#";
 const TRANSACTION_ATTEMPTS: u32 = 6;
 const BATCH_ATTEMPTS: u32 = 8;
 
-type Item = HashMap<String, AttributeValue>;
+pub type Item = HashMap<String, AttributeValue>;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
