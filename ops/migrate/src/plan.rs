@@ -12,9 +12,10 @@ use uuid::Uuid;
 
 use crate::source::{LegacyConversation, LegacyMessage};
 
-/// DynamoDB's item size limit (attribute names and values), less a margin for
-/// the attributes a later write may add.
-const MAX_ITEM_BYTES: usize = 400 * 1024 - 1024;
+/// DynamoDB's item size limit is 400 KB (attribute names and values); this
+/// stays under it, and under the local engines' counts of it, with a margin
+/// for the attributes a later write may add.
+const MAX_ITEM_BYTES: usize = 399_000;
 /// A number attribute's largest size in an item.
 const MAX_NUMBER_BYTES: usize = 21;
 

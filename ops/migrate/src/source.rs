@@ -84,7 +84,12 @@ impl Source {
             config.connect_timeout(Duration::from_secs(10));
         }
         // Even a bug here cannot write: the server refuses writes in the session.
-        config.options("-c default_transaction_read_only=on -c TimeZone=UTC");
+        // The URL's own options (a search_path, say) are kept.
+        let options = format!(
+            "{} -c default_transaction_read_only=on -c TimeZone=UTC",
+            config.get_options().unwrap_or("")
+        );
+        config.options(options.trim_start());
         config.application_name("samosachaat-migrate");
         let (client, connection) = config.connect(NoTls).await.map_err(|e| {
             Failure::Input(format!(

@@ -122,7 +122,7 @@ impl Target {
                         self.table
                     ))
                 } else {
-                    Failure::Target(format!("DynamoDB: {}", classify(e)))
+                    self.sdk_failure(e)
                 }
             })?;
         let has_index = out
@@ -174,7 +174,7 @@ impl Target {
                     "pk, sk, updated_at, live_id, migrated_version, migrated_updated_at",
                 );
             }
-            let out = query.send().await.map_err(|e| self.failure(classify(e)))?;
+            let out = query.send().await.map_err(|e| self.sdk_failure(e))?;
             items.extend(out.items().iter().cloned());
             match out.last_evaluated_key() {
                 Some(k) if !k.is_empty() => start = Some(k.clone()),
@@ -215,12 +215,19 @@ impl Target {
             let out = match out {
                 Ok(out) => out,
                 Err(e) => {
-                    let err = classify(e);
-                    if matches!(err, StoreError::Throttled(_)) && attempt + 1 < BATCH_ATTEMPTS {
+                    let throttled = matches!(
+                        e.code(),
+                        Some(
+                            "ProvisionedThroughputExceededException"
+                                | "ThrottlingException"
+                                | "RequestLimitExceeded"
+                        )
+                    );
+                    if throttled && attempt + 1 < BATCH_ATTEMPTS {
                         self.pushback.throttled.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    return Err(self.failure(err));
+                    return Err(self.sdk_failure(e));
                 }
             };
             pending = out
@@ -304,7 +311,7 @@ impl Target {
             .key("sk", s(id.to_string()))
             .send()
             .await
-            .map_err(|e| self.failure(classify(e)))?;
+            .map_err(|e| self.sdk_failure(e))?;
         Ok(())
     }
 
@@ -327,7 +334,7 @@ impl Target {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| self.failure(classify(e)))?;
+            .map_err(|e| self.sdk_failure(e))?;
         Ok(out.item().and_then(|i| {
             Some((
                 str_attr(i, "mode")?.to_owned(),
@@ -347,7 +354,7 @@ impl Target {
             .item("finished_at", s(time_fmt::format(time_fmt::now())))
             .send()
             .await
-            .map_err(|e| self.failure(classify(e)))?;
+            .map_err(|e| self.sdk_failure(e))?;
         Ok(())
     }
 
@@ -389,7 +396,21 @@ impl Target {
                 tokio::time::sleep(backoff(attempt)).await;
                 continue;
             }
-            return Err(self.failure(classify(err)));
+            return Err(self.sdk_failure(err));
+        }
+    }
+
+    /// A failed request, with DynamoDB's own message: the operator's terminal
+    /// gets what it says (an item too large, a missing permission).
+    fn sdk_failure<E, R>(&self, err: aws_sdk_dynamodb::error::SdkError<E, R>) -> Failure
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug,
+    {
+        let message = err.message().map(str::to_owned);
+        match (self.failure(classify(err)), message) {
+            (Failure::Target(text), Some(m)) => Failure::Target(format!("{text}: {m}")),
+            (f, _) => f,
         }
     }
 
@@ -498,7 +519,7 @@ impl Ledger<'_> {
                 .set_exclusive_start_key(self.start.take())
                 .send()
                 .await
-                .map_err(|e| t.failure(classify(e)))?;
+                .map_err(|e| t.sdk_failure(e))?;
             self.page = out.items().to_vec().into_iter();
             match out.last_evaluated_key() {
                 Some(k) if !k.is_empty() => self.start = Some(k.clone()),
