@@ -550,3 +550,97 @@ async fn a_failing_dynamodb_stops_the_run_and_a_rerun_finishes_it() {
         "the throttling was met"
     );
 }
+
+#[tokio::test]
+async fn a_copied_conversation_goes_on_on_the_new_stack() {
+    if legacy::peer_dir_or_skip("goes_on").is_none() {
+        return;
+    }
+    let stack = Stack::get().await;
+    let pg = Postgres::start();
+    let user = Uuid::new_v4();
+    let marker = common::marker();
+    let rows = pg
+        .client()
+        .await
+        .query(
+            "WITH u AS (INSERT INTO users (id, email, provider, provider_id)
+                        VALUES ($1, 'goes-on@example.com', 'google', 'g-goes-on') RETURNING id),
+                  c AS (INSERT INTO conversations (user_id, title, created_at, updated_at)
+                        SELECT id, 'Old question', now() - interval '2 days', now() - interval '2 days' FROM u
+                        RETURNING id)
+             INSERT INTO messages (conversation_id, role, content, token_count, model_tag, created_at)
+             SELECT c.id, m.role, m.content, m.tokens, m.tag, now() - interval '2 days' + m.n * interval '1 second'
+             FROM c, (VALUES (1, 'user', 'Old question ' || $2, NULL, NULL),
+                             (2, 'assistant', 'Old answer', 2, 'default'),
+                             (3, 'user', 'Second old question ' || $2, NULL, NULL),
+                             (4, 'assistant', 'Second old answer', 3, 'default'))
+                  AS m(n, role, content, tokens, tag)
+             RETURNING conversation_id",
+            &[&user, &marker],
+        )
+        .await
+        .expect("a chat-api conversation");
+    let id: Uuid = rows[0].get(0);
+
+    let out = run(&stack, "copy", pg.url(), &stack.table).await;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let owner = common::User {
+        id: user,
+        token: stack.token(user),
+    };
+    let (status, before) = stack.get_conversation(&owner, id).await;
+    assert_eq!(status, 200, "{before}");
+    assert_eq!(before["messages"].as_array().map(Vec::len), Some(4));
+
+    // A new turn: answered with the old turns as history, stored after them.
+    let next = format!("A new question {marker}");
+    let answer = stack.turn(&owner, id, &next, &["New", " answer"]).await;
+    let sent = stack.upstream_requests(&next).await;
+    let history: Vec<&str> = sent[0]["body"]["messages"]
+        .as_array()
+        .expect("messages upstream")
+        .iter()
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    assert_eq!(history.len(), 5, "{history:?}");
+    assert!(
+        history[0].ends_with(&format!("Old question {marker}")),
+        "{history:?}"
+    );
+    let (_, after) = stack.get_conversation(&owner, id).await;
+    let messages = after["messages"].as_array().expect("messages");
+    let contents: Vec<&str> = messages
+        .iter()
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    assert_eq!(contents[4..], [next.as_str(), "New answer"]);
+    assert_eq!(messages[5]["id"], json!(answer));
+    assert_eq!(
+        after["title"], "Old question",
+        "not retitled: it was not empty"
+    );
+    assert!(after["updated_at"].as_str() > before["updated_at"].as_str());
+
+    // Regenerating the last answer replaces it, and only it.
+    stack
+        .scenario(json!({"match": next, "tokens": ["Better", " answer"]}))
+        .await;
+    let regenerated = stack.regenerate(&owner, id).await.message_id();
+    let (_, last) = stack.get_conversation(&owner, id).await;
+    let contents: Vec<&str> = last["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    assert_eq!(contents.len(), 6);
+    assert_eq!(contents[5], "Better answer");
+    assert_eq!(last["messages"][5]["id"], json!(regenerated));
+
+    // A copy run again leaves what the new stack wrote as it is.
+    let again = run(&stack, "copy", pg.url(), &stack.table).await;
+    assert_eq!(again.code, 0, "{}{}", again.stdout, again.stderr);
+    let (_, kept) = stack.get_conversation(&owner, id).await;
+    assert_eq!(kept["messages"], last["messages"]);
+}
