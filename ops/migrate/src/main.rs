@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! migrate copy|catch-up|verify|dry-run --postgres URL --table NAME
-//!         [--concurrency N] [--report FILE]
+//!         [--postgres-ca FILE] [--concurrency N] [--report FILE]
 //! ```
 //!
 //! It only reads PostgreSQL. See docs/cutover.md for the decisions it takes and
@@ -28,12 +28,15 @@ use crate::run::{Mode, Run};
 use crate::source::Source;
 use crate::target::Target;
 
-const USAGE: &str = "usage: migrate copy|catch-up|verify|dry-run --postgres URL --table NAME [--concurrency N] [--report FILE]
+const USAGE: &str = "usage: migrate copy|catch-up|verify|dry-run --postgres URL --table NAME
+               [--postgres-ca FILE] [--concurrency N] [--report FILE]
   copy      copy every conversation not copied yet or changed since its copy
   catch-up  the same, and delete what was deleted in PostgreSQL since (after a copy)
   verify    compare both sides per conversation; exit 1 on any difference
   dry-run   say what a copy would do and every row it cannot copy as it is; write nothing
-  --postgres defaults to $MIGRATE_POSTGRES_URL, --table to $TABLE_NAME; DynamoDB's region,
+  --postgres defaults to $MIGRATE_POSTGRES_URL, --table to $TABLE_NAME, --postgres-ca (the CA
+  bundle a TLS server's certificate must chain to; Mozilla's roots without it) to
+  $PGSSLROOTCERT; the URL's sslmode (disable, prefer, require) decides TLS. DynamoDB's region,
   credentials and endpoint come from the AWS SDK's environment (AWS_REGION, AWS_PROFILE,
   AWS_ENDPOINT_URL_DYNAMODB).";
 
@@ -57,6 +60,7 @@ struct Args {
     table: String,
     concurrency: usize,
     report: Option<String>,
+    postgres_ca: Option<std::path::PathBuf>,
 }
 
 fn args(mut raw: impl Iterator<Item = String>) -> Result<Args, Failure> {
@@ -67,6 +71,7 @@ fn args(mut raw: impl Iterator<Item = String>) -> Result<Args, Failure> {
     let mut table = std::env::var("TABLE_NAME").ok();
     let mut concurrency = 16;
     let mut report = None;
+    let mut postgres_ca = std::env::var_os("PGSSLROOTCERT").map(Into::into);
     while let Some(flag) = raw.next() {
         let mut value = || {
             raw.next()
@@ -76,6 +81,7 @@ fn args(mut raw: impl Iterator<Item = String>) -> Result<Args, Failure> {
             "--postgres" => postgres = Some(value()?),
             "--table" => table = Some(value()?),
             "--report" => report = Some(value()?),
+            "--postgres-ca" => postgres_ca = Some(value()?.into()),
             "--concurrency" => {
                 concurrency = value()?
                     .parse()
@@ -96,6 +102,7 @@ fn args(mut raw: impl Iterator<Item = String>) -> Result<Args, Failure> {
             .ok_or_else(|| bad("--table (or TABLE_NAME) is required".into()))?,
         concurrency,
         report,
+        postgres_ca,
     })
 }
 
@@ -134,7 +141,7 @@ async fn migrate() -> Result<ExitCode, Failure> {
             "catch-up follows a finished copy, and the table records none: run `migrate copy` first".into(),
         ));
     }
-    let mut source = Source::connect(&args.postgres).await?;
+    let mut source = Source::connect(&args.postgres, args.postgres_ca.as_deref()).await?;
     let snapshot = source.snapshot().await?;
     let progress = Progress::new(snapshot.count().await?);
     let tally = Tally::default();

@@ -2,10 +2,13 @@
 //! transaction, so every query of a run sees the same snapshot, and rows come
 //! through a portal a page at a time, so memory does not grow with the database.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use time::OffsetDateTime;
-use tokio_postgres::{Client, Config, NoTls, Portal, Row, Statement, Transaction};
+use tokio_postgres::{Client, Config, Portal, Row, Statement, Transaction};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use uuid::Uuid;
 
 use crate::Failure;
@@ -76,7 +79,11 @@ pub struct Source {
 }
 
 impl Source {
-    pub async fn connect(url: &str) -> Result<Self, Failure> {
+    /// Connects as the URL says; `sslmode` (`disable`, `prefer`, the default,
+    /// or `require`) decides about TLS, and a server's certificate must chain
+    /// to `ca_file` (a PEM bundle, e.g. RDS's `global-bundle.pem`) or, without
+    /// one, to Mozilla's roots; its name must match the host.
+    pub async fn connect(url: &str, ca_file: Option<&Path>) -> Result<Self, Failure> {
         let mut config: Config = url
             .parse()
             .map_err(|e| Failure::Input(format!("--postgres: not a PostgreSQL URL: {e}")))?;
@@ -91,7 +98,7 @@ impl Source {
         );
         config.options(options.trim_start());
         config.application_name("samosachaat-migrate");
-        let (client, connection) = config.connect(NoTls).await.map_err(|e| {
+        let (client, connection) = config.connect(tls(ca_file)?).await.map_err(|e| {
             Failure::Input(format!(
                 "PostgreSQL: cannot connect or log in ({}): {}",
                 describe_target(&config),
@@ -126,6 +133,37 @@ impl Source {
             .map_err(pg_failure)?;
         Ok(Snapshot { tx, messages })
     }
+}
+
+fn tls(ca_file: Option<&Path>) -> Result<MakeRustlsConnect, Failure> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let unusable = || {
+                Failure::Input(format!(
+                    "--postgres-ca: {} holds no usable CA certificate",
+                    path.display()
+                ))
+            };
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|_| unusable())?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| unusable())?;
+            if roots.add_parsable_certificates(certs).0 == 0 {
+                return Err(unusable());
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Failure::Input(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
 }
 
 async fn check_schema(tx: &Transaction<'_>) -> Result<(), Failure> {

@@ -644,3 +644,126 @@ async fn a_copied_conversation_goes_on_on_the_new_stack() {
     let (_, kept) = stack.get_conversation(&owner, id).await;
     assert_eq!(kept["messages"], last["messages"]);
 }
+
+#[tokio::test]
+async fn tls_to_postgresql_is_verified_against_the_given_ca() {
+    if legacy::peer_dir_or_skip("tls").is_none() {
+        return;
+    }
+    let stack = Stack::get().await;
+    let pg = Postgres::start();
+    fill(&pg, 1, 2, 2).await;
+    // The server's certificate (localhost, 127.0.0.1) is signed by the test CA.
+    let fixtures = legacy::repo_root().join("shared/tests/fixtures");
+    let dir = std::env::temp_dir().join(format!("migrate-tls-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("tls dir");
+    for name in ["upstream-cert.pem", "upstream-key.pem"] {
+        let to = dir.join(name);
+        std::fs::copy(fixtures.join(name), &to).expect("copy fixture");
+        std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("key mode");
+    }
+    let cluster_owner = std::process::Command::new("id")
+        .args(["-u", "postgres"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    // As root the cluster runs as `postgres`, which must own its key.
+    if running_as_root() {
+        let uid = cluster_owner.expect("the postgres user");
+        for entry in [
+            dir.clone(),
+            dir.join("upstream-cert.pem"),
+            dir.join("upstream-key.pem"),
+        ] {
+            std::os::unix::fs::chown(&entry, Some(uid), None).expect("chown to postgres");
+        }
+    }
+    let db = pg.client().await;
+    let cert = dir.join("upstream-cert.pem");
+    let key = dir.join("upstream-key.pem");
+    for sql in [
+        format!("ALTER SYSTEM SET ssl_cert_file = '{}'", cert.display()),
+        format!("ALTER SYSTEM SET ssl_key_file = '{}'", key.display()),
+        "ALTER SYSTEM SET ssl = on".to_owned(),
+        "SELECT pg_reload_conf()".to_owned(),
+    ] {
+        db.batch_execute(&sql).await.expect("TLS on");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let table = own_table(&stack).await;
+    let require = format!("{}?sslmode=require", pg.url());
+    let ca = fixtures.join("upstream-ca.pem");
+    let ca = ca.to_string_lossy();
+    let direct = stack.env["DYNAMODB_DIRECT_URL"].clone();
+
+    let trusted = run_at(
+        &stack,
+        &direct,
+        &[
+            "dry-run",
+            "--postgres",
+            &require,
+            "--table",
+            &table,
+            "--postgres-ca",
+            &ca,
+        ],
+    )
+    .await;
+    assert_eq!(trusted.code, 0, "{}{}", trusted.stdout, trusted.stderr);
+    assert!(
+        trusted.stdout.contains("2 would copy"),
+        "{}",
+        trusted.stdout
+    );
+
+    let untrusted = run_at(
+        &stack,
+        &direct,
+        &["dry-run", "--postgres", &require, "--table", &table],
+    )
+    .await;
+    assert_eq!(
+        untrusted.code, 2,
+        "{}{}",
+        untrusted.stdout, untrusted.stderr
+    );
+    assert!(
+        untrusted.stderr.contains("certificate"),
+        "{}",
+        untrusted.stderr
+    );
+
+    let not_a_ca = run_at(
+        &stack,
+        &direct,
+        &[
+            "dry-run",
+            "--postgres",
+            &require,
+            "--table",
+            &table,
+            "--postgres-ca",
+            "/dev/null",
+        ],
+    )
+    .await;
+    assert_eq!(not_a_ca.code, 2, "{}", not_a_ca.stderr);
+    assert!(
+        not_a_ca.stderr.contains("--postgres-ca"),
+        "{}",
+        not_a_ca.stderr
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn running_as_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .is_some_and(|s| s.trim() == "0")
+}
