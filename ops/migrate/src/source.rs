@@ -84,6 +84,11 @@ impl Source {
     /// to `ca_file` (a PEM bundle, e.g. RDS's `global-bundle.pem`) or, without
     /// one, to Mozilla's roots; its name must match the host.
     pub async fn connect(url: &str, ca_file: Option<&Path>) -> Result<Self, Failure> {
+        // libpq's verify-ca and verify-full are what `require` does here: the
+        // certificate is always verified, its name always checked.
+        let url = url
+            .replace("sslmode=verify-full", "sslmode=require")
+            .replace("sslmode=verify-ca", "sslmode=require");
         let mut config: Config = url
             .parse()
             .map_err(|e| Failure::Input(format!("--postgres: not a PostgreSQL URL: {e}")))?;

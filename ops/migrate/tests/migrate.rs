@@ -693,7 +693,7 @@ async fn tls_to_postgresql_is_verified_against_the_given_ca() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let table = own_table(&stack).await;
-    let require = format!("{}?sslmode=require", pg.url());
+    let require = format!("{}?sslmode=verify-full", pg.url());
     let ca = fixtures.join("upstream-ca.pem");
     let ca = ca.to_string_lossy();
     let direct = stack.env["DYNAMODB_DIRECT_URL"].clone();
