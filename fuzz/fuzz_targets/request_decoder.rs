@@ -43,7 +43,7 @@ fn check_params(p: &ChatParams, map: Option<&serde_json::Map<String, Value>>) {
     assert_eq!(p.temperature.is_some(), !get("temperature").is_null());
 }
 
-fn check_rejection(err: samosachaat::error::ApiError) {
+fn check_rejection(err: samosachaat::foundation::error::ApiError) {
     assert_eq!(err.status().as_u16(), 422, "{}", err.detail());
     let field = err
         .detail()

@@ -15,8 +15,8 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::config::Config;
-use crate::error::ApiError;
+use crate::foundation::config::Config;
+use crate::foundation::error::ApiError;
 
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const MAX_CONTENT_CHARS: usize = 8000;

@@ -6,7 +6,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::error::ApiError;
+use crate::foundation::error::ApiError;
 
 /// Real access tokens are well under 2 KiB; anything this large is not one, and
 /// refusing it early keeps a hostile header from costing a signature check.
@@ -91,7 +91,7 @@ fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::tests::TEST_PUBLIC_KEY;
+    use crate::foundation::config::tests::TEST_PUBLIC_KEY;
     use base64::Engine;
     use jsonwebtoken::{encode, EncodingKey, Header};
     use serde_json::{json, Value};

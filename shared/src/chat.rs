@@ -20,7 +20,8 @@ use tracing::{info, warn, Instrument};
 use uuid::Uuid;
 
 use crate::api::{self, ChatParams, ResponseBody};
-use crate::error::ApiError;
+use crate::foundation::error::ApiError;
+use crate::foundation::time_fmt;
 use crate::inference::InferenceRequest;
 use crate::limits::{self, Admission};
 use crate::live::{self, Checkpointer};
@@ -32,7 +33,6 @@ use crate::store::{
     ChatContext, Claim, Conversation, IdempotencyKey, Message, MessageStatus, Replacing, Replay,
     SlotGuard, StoreError,
 };
-use crate::time_fmt;
 
 /// How the answer of a stream is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

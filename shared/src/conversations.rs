@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::api;
-use crate::error::ApiError;
+use crate::foundation::error::ApiError;
 use crate::live;
 use crate::metrics::Invocation;
 use crate::prompt::DEFAULT_TITLE;

@@ -6,7 +6,7 @@ use http::HeaderValue;
 use serde::Serialize;
 
 use crate::api::ChatParams;
-use crate::config::{Config, InferenceDefaults};
+use crate::foundation::config::{Config, InferenceDefaults};
 use crate::prompt::Turn;
 
 /// The JSON body the upstream receives.

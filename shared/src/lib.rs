@@ -9,9 +9,8 @@
 pub mod api;
 pub mod auth;
 pub mod chat;
-pub mod config;
 pub mod conversations;
-pub mod error;
+pub mod foundation;
 pub mod inference;
 pub mod limits;
 pub mod live;
@@ -24,7 +23,6 @@ pub mod schema;
 pub mod sse;
 pub mod state;
 pub mod store;
-pub mod time_fmt;
 
-pub use error::ApiError;
+pub use foundation::error::ApiError;
 pub use state::AppState;

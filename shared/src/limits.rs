@@ -23,22 +23,12 @@ use std::time::Duration;
 use tracing::warn;
 use uuid::Uuid;
 
-use crate::error::ApiError;
+use crate::foundation::config::Limits;
+use crate::foundation::error::ApiError;
+use crate::foundation::time_fmt;
 use crate::live;
 use crate::state::AppState;
 use crate::store::{Counted, HeldAnswer, LimitRecord, StoreError, Windows};
-use crate::time_fmt;
-
-/// The limits, from the configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// `RATE_LIMIT_PER_MINUTE`: messages per user per clock minute.
-    pub per_minute: u32,
-    /// `DAILY_MESSAGE_QUOTA`: messages per user per UTC day.
-    pub per_day: u32,
-    /// `MAX_CONCURRENT_ANSWERS`: answers generating at once per user.
-    pub concurrent: u32,
-}
 
 /// What a refused user is told to wait, in seconds, when answers are
 /// generating: answers usually end within seconds.

@@ -30,14 +30,14 @@ use uuid::Uuid;
 
 use crate::api::{self, ResponseBody};
 use crate::chat::stream_response;
-use crate::error::ApiError;
+use crate::foundation::error::ApiError;
 use crate::relay::{Interrupt, Sink, Watch};
 use crate::state::AppState;
 
+use crate::foundation::time_fmt;
 use crate::store::{
     Checkpoint, Conversation, LiveSlot, MessageStatus, SlotClaim, SlotState, Store, StoreError,
 };
-use crate::time_fmt;
 
 /// What a live slot's records say about its answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

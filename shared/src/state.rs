@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::auth::Verifier;
-use crate::config::Config;
+use crate::foundation::config::Config;
 use crate::inference::InferenceClient;
 use crate::metrics::{DynamoCounters, DynamoInterceptor};
 use crate::store::Store;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{body_bytes, eventually, marker, s, Stack, Stream};
-use samosachaat::config::Config;
+use samosachaat::foundation::config::Config;
 use samosachaat::{chat, AppState};
 use serde_json::json;
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use samosachaat::config::Config;
+use samosachaat::foundation::config::Config;
 use samosachaat::inference::{InferenceClient, InferenceRequest};
 use samosachaat::prompt::{Role, Turn};
 use samosachaat::relay::{open, stream, Ending, Sink, Timing, Unwatched};

@@ -67,7 +67,9 @@ fn message(conversation: &Conversation, role: Role, content: &str) -> Message {
         token_count: None,
         model_tag: Some("default".into()),
         inference_time_ms: None,
-        created_at: samosachaat::time_fmt::format(samosachaat::time_fmt::now()),
+        created_at: samosachaat::foundation::time_fmt::format(
+            samosachaat::foundation::time_fmt::now(),
+        ),
         status: MessageStatus::Complete,
     }
 }

@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use samosachaat::config::Config;
+use samosachaat::foundation::config::Config;
 use samosachaat::schema::{KEY_ATTRIBUTES, TABLE_KEYS, USER_INDEX_KEYS};
 use samosachaat::store::USER_INDEX;
 use serde_json::{json, Map, Value};

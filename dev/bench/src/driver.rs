@@ -11,7 +11,7 @@ use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_dynamodb::types::AttributeValue;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use samosachaat::api::ChatParams;
-use samosachaat::config::InferenceDefaults;
+use samosachaat::foundation::config::InferenceDefaults;
 use samosachaat::inference::InferenceRequest;
 use samosachaat::prompt::{self, Role, Turn, DEFAULT_TITLE};
 use samosachaat::store::{limit_pk, Store, LIMITS_SK};

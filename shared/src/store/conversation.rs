@@ -11,7 +11,7 @@ use super::{
     backoff, classify, conversation_pk, s, str_attr, string_attr, uuid_attr, Item, LiveSlot, Store,
     StoreError, BATCH_ATTEMPTS, CONV_PREFIX, META_SK, USER_INDEX,
 };
-use crate::time_fmt;
+use crate::foundation::time_fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Conversation {

@@ -4,7 +4,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
 use uuid::Uuid;
 
 use super::{build_err, classify, num_attr, s, str_attr, Store, StoreError, META_SK};
-use crate::time_fmt;
+use crate::foundation::time_fmt;
 
 /// How long an `Idempotency-Key` is remembered.
 pub const IDEMPOTENCY_TTL_SECS: i64 = 600;

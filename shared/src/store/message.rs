@@ -13,8 +13,8 @@ use super::{
     string_attr, uuid_attr, Conversation, Item, SlotGuard, Store, StoreError, TxFailure, META_SK,
     MSG_PREFIX,
 };
+use crate::foundation::time_fmt;
 use crate::prompt::{Role, Turn, DEFAULT_TITLE};
-use crate::time_fmt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

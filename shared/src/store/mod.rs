@@ -34,10 +34,10 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkErro
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem};
 use aws_sdk_dynamodb::Client;
-use thiserror::Error;
 use uuid::Uuid;
 
-use crate::time_fmt;
+pub use crate::foundation::error::StoreError;
+use crate::foundation::time_fmt;
 
 pub use conversation::{Conversation, CursorOr, Page};
 pub use idempotency::{Claim, IdempotencyKey, Replay, IDEMPOTENCY_TTL_SECS};
@@ -56,22 +56,6 @@ const TRANSACTION_ATTEMPTS: u32 = 6;
 const BATCH_ATTEMPTS: u32 = 8;
 
 type Item = HashMap<String, AttributeValue>;
-
-#[derive(Debug, Error)]
-pub enum StoreError {
-    /// The conversation is gone or is not the caller's (a condition failed).
-    #[error("conversation not found")]
-    NotFound,
-    /// A conditional replacement lost: the conversation moved on.
-    #[error("conflict")]
-    Conflict,
-    #[error("throttled: {0}")]
-    Throttled(String),
-    #[error("store: {0}")]
-    Other(String),
-    #[error("corrupt item: {0}")]
-    Corrupt(&'static str),
-}
 
 /// The persistence port. Tests and the local stack use the same DynamoDB code
 /// against a DynamoDB-protocol server, so there is no second implementation.

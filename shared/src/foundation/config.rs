@@ -8,14 +8,23 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::limits::Limits;
-
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error("configuration: {0} is required but not set")]
     Missing(&'static str),
     #[error("configuration: {name} is invalid: {reason}")]
     Invalid { name: &'static str, reason: String },
+}
+
+/// Per-user limits on what reaches the upstream (`domain::limits` applies them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `RATE_LIMIT_PER_MINUTE`: messages per user per clock minute.
+    pub per_minute: u32,
+    /// `DAILY_MESSAGE_QUOTA`: messages per user per UTC day.
+    pub per_day: u32,
+    /// `MAX_CONCURRENT_ANSWERS`: answers generating at once per user.
+    pub concurrent: u32,
 }
 
 /// Server-side defaults for the inference parameters a request leaves null.
@@ -226,7 +235,7 @@ pub(crate) mod tests {
     use std::collections::HashMap;
 
     /// A public key that only exists to satisfy the PEM check in tests.
-    pub(crate) const TEST_PUBLIC_KEY: &str = include_str!("../tests/fixtures/jwt-public.pem");
+    pub(crate) const TEST_PUBLIC_KEY: &str = include_str!("../../tests/fixtures/jwt-public.pem");
 
     fn base() -> HashMap<&'static str, String> {
         HashMap::from([

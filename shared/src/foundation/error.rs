@@ -1,10 +1,9 @@
-//! What can go wrong in a request before its stream opens, and how each case looks
-//! to the browser: a status and a `{"detail": ...}` body (SPEC section 2).
+//! What can go wrong: in a request before its stream opens, and how each case
+//! looks to the browser (a status and a `{"detail": ...}` body, SPEC section 2);
+//! and in a call to the store, which a request error carries.
 
 use http::StatusCode;
 use thiserror::Error;
-
-use crate::store::StoreError;
 
 #[derive(Debug, Error)]
 pub enum ApiError {
@@ -26,7 +25,7 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     Conflict(String),
-    /// A per-user limit (see [`crate::limits`]); `retry_after` in seconds.
+    /// A per-user limit refused the request; `retry_after` in seconds.
     #[error("{detail}")]
     TooManyRequests { detail: String, retry_after: u64 },
     #[error("storage unavailable")]
@@ -69,4 +68,22 @@ impl ApiError {
             other => other.to_string(),
         }
     }
+}
+
+/// What can go wrong in a call to the store (the store classifies the
+/// SDK's errors into these).
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The conversation is gone or is not the caller's (a condition failed).
+    #[error("conversation not found")]
+    NotFound,
+    /// A conditional replacement lost: the conversation moved on.
+    #[error("conflict")]
+    Conflict,
+    #[error("throttled: {0}")]
+    Throttled(String),
+    #[error("store: {0}")]
+    Other(String),
+    #[error("corrupt item: {0}")]
+    Corrupt(&'static str),
 }
