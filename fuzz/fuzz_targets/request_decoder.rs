@@ -5,9 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use samosachaat::api::{
-    decode_regenerate, decode_send, json_object, ChatParams, MAX_CONTENT_CHARS,
-};
+use samosachaat::api::{decode_regenerate, decode_send, json_object, MAX_CONTENT_CHARS};
+use samosachaat::inference::ChatParams;
 use serde_json::Value;
 
 const FIELDS: [&str; 7] = [

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::foundation::config::Config;
 use crate::foundation::error::ApiError;
+use crate::inference::ChatParams;
 
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const MAX_CONTENT_CHARS: usize = 8000;
@@ -25,16 +26,6 @@ pub const MAX_CONTENT_CHARS: usize = 8000;
 /// such header from the client is removed first), so the handler can answer 400
 /// instead of the runtime panicking.
 pub const BODY_ERROR_HEADER: &str = "x-samosachaat-body-error";
-
-/// Inference parameters of a send or regenerate; `None` means the server default.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ChatParams {
-    pub temperature: Option<f64>,
-    pub max_tokens: Option<u32>,
-    pub top_k: Option<u32>,
-    pub thinking_mode: bool,
-    pub force_web_search: bool,
-}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SendBody {

@@ -19,19 +19,20 @@ use tokio::time::Instant;
 use tracing::{info, warn, Instrument};
 use uuid::Uuid;
 
-use crate::api::{self, ChatParams, ResponseBody};
+use crate::api::{self, ResponseBody};
 use crate::foundation::error::ApiError;
+use crate::foundation::role::Role;
 use crate::foundation::time_fmt;
-use crate::inference::InferenceRequest;
+use crate::inference::{ChatParams, InferenceRequest, Turn};
 use crate::limits::{self, Admission};
 use crate::live::{self, Checkpointer};
 use crate::metrics::{self, Answer, Invocation};
-use crate::prompt::{self, Role, Turn, DEFAULT_TITLE};
+use crate::prompt;
 use crate::relay::{self, Ending, Interrupt, Outcome, Sink, Timing};
 use crate::state::AppState;
 use crate::store::{
     ChatContext, Claim, Conversation, IdempotencyKey, Message, MessageStatus, Replacing, Replay,
-    SlotGuard, StoreError,
+    SlotGuard, StoreError, DEFAULT_TITLE,
 };
 
 /// How the answer of a stream is stored.
@@ -148,8 +149,8 @@ async fn prepare_send(state: &Arc<AppState>, req: &Request) -> Result<Prepared, 
         let title = (ctx.recent.is_empty() && conversation.title == DEFAULT_TITLE)
             .then(|| prompt::title_from(&message.content));
 
-        let mut turns: Vec<Turn> = ctx.recent.iter().map(Message::turn).collect();
-        turns.push(message.turn());
+        let mut turns: Vec<Turn> = ctx.recent.iter().map(prompt::turn).collect();
+        turns.push(prompt::turn(&message));
         let idempotency = match claim(state, key).await? {
             Ok(idempotency) => idempotency,
             Err(replay) => return Ok(Prepared::Replay(replay)),
@@ -201,7 +202,7 @@ async fn prepare_regenerate(state: &Arc<AppState>, req: &Request) -> Result<Prep
             // with its user message gets the missing answer and loses nothing.
             replaces: (last.role == Role::Assistant).then_some(last.id),
         });
-        let turns: Vec<Turn> = ctx.recent[..=last_user].iter().map(Message::turn).collect();
+        let turns: Vec<Turn> = ctx.recent[..=last_user].iter().map(prompt::turn).collect();
         let idempotency = match claim(state, key).await? {
             Ok(idempotency) => idempotency,
             Err(replay) => return Ok(Prepared::Replay(replay)),

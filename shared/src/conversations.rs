@@ -14,9 +14,8 @@ use crate::api;
 use crate::foundation::error::ApiError;
 use crate::live;
 use crate::metrics::Invocation;
-use crate::prompt::DEFAULT_TITLE;
 use crate::state::AppState;
-use crate::store::{CursorOr, StoreError};
+use crate::store::{CursorOr, StoreError, DEFAULT_TITLE};
 
 pub const MAX_TITLE_CHARS: usize = 500;
 pub const MAX_MODEL_TAG_CHARS: usize = 100;

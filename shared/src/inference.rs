@@ -5,9 +5,25 @@ use std::time::Duration;
 use http::HeaderValue;
 use serde::Serialize;
 
-use crate::api::ChatParams;
 use crate::foundation::config::{Config, InferenceDefaults};
-use crate::prompt::Turn;
+use crate::foundation::role::Role;
+
+/// Inference parameters of a send or regenerate; `None` means the server default.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChatParams {
+    pub temperature: Option<f64>,
+    pub max_tokens: Option<u32>,
+    pub top_k: Option<u32>,
+    pub thinking_mode: bool,
+    pub force_web_search: bool,
+}
+
+/// One turn as the upstream receives it: role and content only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Turn {
+    pub role: Role,
+    pub content: String,
+}
 
 /// The JSON body the upstream receives.
 #[derive(Debug, Clone, Serialize)]

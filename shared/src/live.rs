@@ -197,7 +197,7 @@ pub async fn with_live_answer(
     Ok(Some(crate::store::Message {
         id: slot.id,
         conversation_id: conversation.id,
-        role: crate::prompt::Role::Assistant,
+        role: crate::foundation::role::Role::Assistant,
         content: checkpoints.iter().map(|c| c.text.as_str()).collect(),
         token_count: checkpoints.last().map(|c| c.tokens),
         model_tag: Some(conversation.model_tag.clone()),

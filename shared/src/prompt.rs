@@ -1,7 +1,9 @@
 //! What the model sees: the history window, the system prompt, and the title cut
 //! (SPEC sections 5 and 6).
 
-use serde::Serialize;
+use crate::foundation::role::Role;
+use crate::inference::Turn;
+use crate::store::Message;
 
 pub const SYS_DEFAULT: &str = "You are samosaChaat, a helpful AI assistant created by Manmohan Sharma. \
 You have access to tools: use web_search for facts that may change over time or \
@@ -12,39 +14,7 @@ You have access to tools: use web_search for facts that may change over time or 
 require current information, and use calculator for arithmetic. \
 Think step by step inside <think>...</think> tags, then give your final answer after the closing tag.";
 
-pub const DEFAULT_TITLE: &str = "New conversation";
 pub const TITLE_CHARS: usize = 80;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    User,
-    Assistant,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::User => "user",
-            Role::Assistant => "assistant",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Option<Self> {
-        match raw {
-            "user" => Some(Role::User),
-            "assistant" => Some(Role::Assistant),
-            _ => None,
-        }
-    }
-}
-
-/// One turn as the upstream receives it: role and content only.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Turn {
-    pub role: Role,
-    pub content: String,
-}
 
 /// The window sent upstream, from turns ordered oldest first: the newest
 /// `max_history`, then the oldest dropped while the content exceeds `budget`
@@ -73,6 +43,14 @@ pub fn with_system_prompt(window: &[Turn], thinking_mode: bool) -> Vec<Turn> {
         first_user.content = format!("{prompt}\n\n{}", first_user.content);
     }
     out
+}
+
+/// A stored message as the upstream receives it.
+pub fn turn(message: &Message) -> Turn {
+    Turn {
+        role: message.role,
+        content: message.content.clone(),
+    }
 }
 
 /// The title a conversation takes from its first user message.

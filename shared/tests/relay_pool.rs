@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use samosachaat::foundation::config::Config;
-use samosachaat::inference::{InferenceClient, InferenceRequest};
-use samosachaat::prompt::{Role, Turn};
+use samosachaat::foundation::role::Role;
+use samosachaat::inference::{InferenceClient, InferenceRequest, Turn};
 use samosachaat::relay::{open, stream, Ending, Sink, Timing, Unwatched};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

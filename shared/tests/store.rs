@@ -10,10 +10,10 @@ use aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef;
 use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_dynamodb::error::BoxError;
 use common::Stack;
-use samosachaat::prompt::{Role, DEFAULT_TITLE};
+use samosachaat::foundation::role::Role;
 use samosachaat::store::{
     Conversation, Counted, HeldAnswer, Message, MessageStatus, Replacing, SlotClaim, SlotGuard,
-    Store, StoreError, Windows,
+    Store, StoreError, Windows, DEFAULT_TITLE,
 };
 use uuid::Uuid;
 

@@ -3,4 +3,5 @@
 
 pub mod config;
 pub mod error;
+pub mod role;
 pub mod time_fmt;

@@ -13,6 +13,9 @@ use super::{
 };
 use crate::foundation::time_fmt;
 
+/// The title a conversation has until its first message names it (or a rename).
+pub const DEFAULT_TITLE: &str = "New conversation";
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Conversation {
     pub id: Uuid,

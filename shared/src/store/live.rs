@@ -19,8 +19,8 @@ use super::{
     applied, build_err, classify, conversation_pk, message_sk, n, num_attr, s, str_attr,
     Conversation, Item, Message, MessageStatus, Store, StoreError, TxFailure, META_SK,
 };
+use crate::foundation::role::Role;
 use crate::foundation::time_fmt;
-use crate::prompt::Role;
 
 const LIVE_PREFIX: &str = "L#";
 /// The update that empties a conversation's live slot.

@@ -8,13 +8,14 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::conversation::conversation_from;
+use super::conversation::DEFAULT_TITLE;
 use super::{
     already_written, build_err, classify, conversation_pk, message_sk, n, num_attr, s, str_attr,
     string_attr, uuid_attr, Conversation, Item, SlotGuard, Store, StoreError, TxFailure, META_SK,
     MSG_PREFIX,
 };
+use crate::foundation::role::Role;
 use crate::foundation::time_fmt;
-use crate::prompt::{Role, Turn, DEFAULT_TITLE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -50,15 +51,6 @@ pub struct Message {
     pub inference_time_ms: Option<u64>,
     pub created_at: String,
     pub status: MessageStatus,
-}
-
-impl Message {
-    pub fn turn(&self) -> Turn {
-        Turn {
-            role: self.role,
-            content: self.content.clone(),
-        }
-    }
 }
 
 /// Which answer a regeneration replaces.

@@ -39,7 +39,7 @@ use uuid::Uuid;
 pub use crate::foundation::error::StoreError;
 use crate::foundation::time_fmt;
 
-pub use conversation::{Conversation, CursorOr, Page};
+pub use conversation::{Conversation, CursorOr, Page, DEFAULT_TITLE};
 pub use idempotency::{Claim, IdempotencyKey, Replay, IDEMPOTENCY_TTL_SECS};
 pub use limits::{limit_pk, Counted, HeldAnswer, LimitRecord, Windows, LIMITS_SK};
 pub use live::{Checkpoint, LiveSlot, SlotClaim, SlotGuard, SlotState, CHECKPOINT_TTL_SECS};
