@@ -5,8 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use samosachaat::api::{decode_regenerate, decode_send, json_object, MAX_CONTENT_CHARS};
-use samosachaat::inference::ChatParams;
+use samosachaat::adapters::api::{decode_regenerate, decode_send, json_object, MAX_CONTENT_CHARS};
+use samosachaat::adapters::upstream::ChatParams;
 use serde_json::Value;
 
 const FIELDS: [&str; 7] = [

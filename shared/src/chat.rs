@@ -19,21 +19,21 @@ use tokio::time::Instant;
 use tracing::{info, warn, Instrument};
 use uuid::Uuid;
 
-use crate::api::{self, ResponseBody};
-use crate::foundation::error::ApiError;
-use crate::foundation::role::Role;
-use crate::foundation::time_fmt;
-use crate::inference::{ChatParams, InferenceRequest, Turn};
-use crate::limits::{self, Admission};
-use crate::live::{self, Checkpointer};
-use crate::metrics::{self, Answer, Invocation};
-use crate::prompt;
-use crate::relay::{self, Ending, Interrupt, Outcome, Sink, Timing};
-use crate::state::AppState;
-use crate::store::{
+use crate::adapters::api::{self, ResponseBody};
+use crate::adapters::lambda::metrics::{self, Answer, Invocation};
+use crate::adapters::state::AppState;
+use crate::adapters::store::{
     ChatContext, Claim, Conversation, IdempotencyKey, Message, MessageStatus, Replacing, Replay,
     SlotGuard, StoreError, DEFAULT_TITLE,
 };
+use crate::adapters::upstream::{ChatParams, InferenceRequest, Turn};
+use crate::foundation::error::ApiError;
+use crate::foundation::role::Role;
+use crate::foundation::time_fmt;
+use crate::limits::{self, Admission};
+use crate::live::{self, Checkpointer};
+use crate::prompt;
+use crate::relay::{self, Ending, Interrupt, Outcome, Sink, Timing};
 
 /// How the answer of a stream is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,12 +10,12 @@ use serde_json::Value;
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use crate::api;
+use crate::adapters::api;
+use crate::adapters::lambda::metrics::Invocation;
+use crate::adapters::state::AppState;
+use crate::adapters::store::{CursorOr, StoreError, DEFAULT_TITLE};
 use crate::foundation::error::ApiError;
 use crate::live;
-use crate::metrics::Invocation;
-use crate::state::AppState;
-use crate::store::{CursorOr, StoreError, DEFAULT_TITLE};
 
 pub const MAX_TITLE_CHARS: usize = 500;
 pub const MAX_MODEL_TAG_CHARS: usize = 100;

@@ -23,12 +23,12 @@ use std::time::Duration;
 use tracing::warn;
 use uuid::Uuid;
 
+use crate::adapters::state::AppState;
+use crate::adapters::store::{Counted, HeldAnswer, LimitRecord, StoreError, Windows};
 use crate::foundation::config::Limits;
 use crate::foundation::error::ApiError;
 use crate::foundation::time_fmt;
 use crate::live;
-use crate::state::AppState;
-use crate::store::{Counted, HeldAnswer, LimitRecord, StoreError, Windows};
 
 /// What a refused user is told to wait, in seconds, when answers are
 /// generating: answers usually end within seconds.

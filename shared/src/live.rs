@@ -28,16 +28,16 @@ use tokio::time::Instant;
 use tracing::{info, warn, Instrument};
 use uuid::Uuid;
 
-use crate::api::{self, ResponseBody};
+use crate::adapters::api::{self, ResponseBody};
+use crate::adapters::state::AppState;
 use crate::chat::stream_response;
 use crate::foundation::error::ApiError;
 use crate::relay::{Interrupt, Sink, Watch};
-use crate::state::AppState;
 
-use crate::foundation::time_fmt;
-use crate::store::{
+use crate::adapters::store::{
     Checkpoint, Conversation, LiveSlot, MessageStatus, SlotClaim, SlotState, Store, StoreError,
 };
+use crate::foundation::time_fmt;
 
 /// What a live slot's records say about its answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,7 +181,7 @@ pub async fn stop<B: From<String>>(
 pub async fn with_live_answer(
     state: &AppState,
     conversation: &Conversation,
-) -> Result<Option<crate::store::Message>, StoreError> {
+) -> Result<Option<crate::adapters::store::Message>, StoreError> {
     let Some(slot) = &conversation.live else {
         return Ok(None);
     };
@@ -194,7 +194,7 @@ pub async fn with_live_answer(
     if settle_as(state, conversation, slot, now).await? {
         return Ok(None);
     }
-    Ok(Some(crate::store::Message {
+    Ok(Some(crate::adapters::store::Message {
         id: slot.id,
         conversation_id: conversation.id,
         role: crate::foundation::role::Role::Assistant,

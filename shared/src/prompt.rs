@@ -1,9 +1,9 @@
 //! What the model sees: the history window, the system prompt, and the title cut
 //! (SPEC sections 5 and 6).
 
+use crate::adapters::store::Message;
+use crate::adapters::upstream::Turn;
 use crate::foundation::role::Role;
-use crate::inference::Turn;
-use crate::store::Message;
 
 pub const SYS_DEFAULT: &str = "You are samosaChaat, a helpful AI assistant created by Manmohan Sharma. \
 You have access to tools: use web_search for facts that may change over time or \

@@ -16,8 +16,8 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::inference::{InferenceClient, InferenceRequest, StartError};
-use crate::sse::{Event, SseReader};
+use crate::adapters::upstream::sse::{Event, SseReader};
+use crate::adapters::upstream::{InferenceClient, InferenceRequest, StartError};
 
 const PING: &[u8] = b": ping\n\n";
 

@@ -1132,7 +1132,8 @@ async fn invoke(
     event: Value,
 ) -> (u16, Vec<u8>) {
     use lambda_http::request::LambdaRequest;
-    use samosachaat::{chat, conversations, runtime};
+    use samosachaat::adapters::lambda::runtime;
+    use samosachaat::{chat, conversations};
     let payload: LambdaRequest = serde_json::from_value(event).expect("lambda request");
     let request: lambda_http::Request = runtime::sanitize(lambda_http::LambdaEvent::new(
         payload,

@@ -7,7 +7,8 @@ mod common;
 use common::{body_bytes, Stack, Stream};
 use lambda_http::request::LambdaRequest;
 use lambda_http::{Context, LambdaEvent, Request};
-use samosachaat::{chat, conversations, runtime};
+use samosachaat::adapters::lambda::runtime;
+use samosachaat::{chat, conversations};
 use serde_json::Value;
 
 fn parse(event: &str) -> Request {

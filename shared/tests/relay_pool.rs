@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use samosachaat::adapters::upstream::{InferenceClient, InferenceRequest, Turn};
 use samosachaat::foundation::config::Config;
 use samosachaat::foundation::role::Role;
-use samosachaat::inference::{InferenceClient, InferenceRequest, Turn};
 use samosachaat::relay::{open, stream, Ending, Sink, Timing, Unwatched};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

@@ -10,11 +10,11 @@ use aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef;
 use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_dynamodb::error::BoxError;
 use common::Stack;
-use samosachaat::foundation::role::Role;
-use samosachaat::store::{
+use samosachaat::adapters::store::{
     Conversation, Counted, HeldAnswer, Message, MessageStatus, Replacing, SlotClaim, SlotGuard,
     Store, StoreError, Windows, DEFAULT_TITLE,
 };
+use samosachaat::foundation::role::Role;
 use uuid::Uuid;
 
 #[derive(Debug, Default, Clone)]

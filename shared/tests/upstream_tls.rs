@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+use samosachaat::adapters::upstream::{ChatParams, InferenceClient, InferenceRequest, StartError};
 use samosachaat::foundation::config::Config;
-use samosachaat::inference::{ChatParams, InferenceClient, InferenceRequest, StartError};
 
 const SSE: &str = "data: {\"token\": \"Hi\"}\n\ndata: [DONE]\n\n";
 

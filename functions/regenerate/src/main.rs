@@ -1,6 +1,7 @@
 //! The `regenerate` function: streams an answer to the browser (Lambda response streaming).
 
-use samosachaat::{chat, runtime};
+use samosachaat::adapters::lambda::runtime;
+use samosachaat::chat;
 
 fn main() -> Result<(), lambda_http::Error> {
     runtime::main(|state| runtime::run_streaming(state, chat::regenerate))

@@ -96,8 +96,8 @@ mod tests {
     use jsonwebtoken::{encode, EncodingKey, Header};
     use serde_json::{json, Value};
 
-    const PRIVATE: &str = include_str!("../tests/fixtures/jwt-private.pem");
-    const OTHER_PRIVATE: &str = include_str!("../tests/fixtures/other-private.pem");
+    const PRIVATE: &str = include_str!("../../tests/fixtures/jwt-private.pem");
+    const OTHER_PRIVATE: &str = include_str!("../../tests/fixtures/other-private.pem");
     const SUB: &str = "7f3c9a52-1f7e-4c1e-9a51-1d2b3c4d5e6f";
 
     fn now() -> i64 {

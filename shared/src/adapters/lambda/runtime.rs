@@ -1,5 +1,5 @@
 //! How the functions meet the Lambda runtime: `lambda_http`'s adapters turn events
-//! into requests and responses into Lambda's shapes, and [`crate::runtime_api`]
+//! into requests and responses into Lambda's shapes, and [`crate::adapters::lambda::runtime_api`]
 //! carries them to and from the Runtime API.
 //!
 //! `lambda_http` decodes a base64 body with `expect`, so an event whose
@@ -23,10 +23,10 @@ use lambda_http::{
     service_fn, Adapter, Body, Error, LambdaEvent, Request, RequestExt, Response, StreamAdapter,
 };
 
-use crate::api::{ResponseBody, BODY_ERROR_HEADER};
-use crate::metrics::Invocation;
-use crate::runtime_api;
-use crate::state::AppState;
+use crate::adapters::api::{ResponseBody, BODY_ERROR_HEADER};
+use crate::adapters::lambda::metrics::Invocation;
+use crate::adapters::lambda::runtime_api;
+use crate::adapters::state::AppState;
 
 /// A function's `main`: logging, a current-thread Tokio runtime, the
 /// [`AppState`] once per cold start, then `serve` with it.
@@ -108,7 +108,7 @@ where
 }
 
 /// Starts the invocation's metrics record and hands it to the handler in the
-/// request's extensions (see [`crate::metrics`]).
+/// request's extensions (see [`crate::adapters::lambda::metrics`]).
 fn begin(
     state: &AppState,
     function: &Arc<str>,

@@ -7,7 +7,7 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_dynamodb::Client;
 
-use crate::store::{classify, StoreError, USER_INDEX};
+use super::{classify, StoreError, USER_INDEX};
 
 /// (attribute, key type) of the table.
 pub const TABLE_KEYS: [(&str, &str); 2] = [("pk", "HASH"), ("sk", "RANGE")];

@@ -26,6 +26,7 @@ mod idempotency;
 mod limits;
 mod live;
 mod message;
+pub mod schema;
 
 use std::collections::HashMap;
 use std::time::Duration;

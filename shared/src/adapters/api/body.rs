@@ -1,28 +1,17 @@
-//! The HTTP surface shared by the functions: routes, request bodies and their
-//! validation (SPEC section 2), JSON responses and error mapping, CORS.
+//! Request bodies and headers (SPEC section 2): size, JSON, the send and
+//! regenerate bodies and their validation, `Idempotency-Key`.
 
-use std::convert::Infallible;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use bytes::{Bytes, BytesMut};
-use http::header::{HeaderValue, ACCESS_CONTROL_ALLOW_ORIGIN, CONTENT_TYPE, VARY};
-use http::{HeaderMap, Method, Response, StatusCode};
-use http_body::Frame;
+use http::HeaderMap;
 use lambda_http::Request;
-use serde::Serialize;
 use serde_json::{Map, Value};
-use tokio::sync::mpsc;
-use uuid::Uuid;
 
-use crate::foundation::config::Config;
+use crate::adapters::upstream::ChatParams;
 use crate::foundation::error::ApiError;
-use crate::inference::ChatParams;
 
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const MAX_CONTENT_CHARS: usize = 8000;
 
-/// Set by [`crate::runtime`] on a request whose base64 body did not decode (any
+/// Set by [`crate::adapters::lambda::runtime`] on a request whose base64 body did not decode (any
 /// such header from the client is removed first), so the handler can answer 400
 /// instead of the runtime panicking.
 pub const BODY_ERROR_HEADER: &str = "x-samosachaat-body-error";
@@ -189,213 +178,10 @@ pub fn text_field(
     }
 }
 
-/// Path segments after `/api/conversations`, or `None` for any other path. A
-/// stage prefix (API Gateway REST) before `/api` is tolerated.
-pub fn conversation_route(path: &str) -> Option<Vec<&str>> {
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let at = segments
-        .windows(2)
-        .position(|w| w == ["api", "conversations"])?;
-    Some(segments[at + 2..].to_vec())
-}
-
-/// A conversation id from the path; anything that is not a UUID is simply a
-/// conversation that does not exist.
-pub fn conversation_id(segment: &str) -> Result<Uuid, ApiError> {
-    if segment.len() != 36 {
-        return Err(ApiError::NotFound);
-    }
-    Uuid::try_parse(segment).map_err(|_| ApiError::NotFound)
-}
-
-/// The route a chat function serves: `POST /api/conversations/{id}/<action>`.
-/// Returns the raw id segment; it is parsed after authentication.
-pub fn chat_route<'r>(req: &'r Request, action: &str) -> Result<&'r str, ApiError> {
-    action_route(req, action, &Method::POST)
-}
-
-/// `<method> /api/conversations/{id}/<action>`: the raw id segment.
-pub fn action_route<'r>(
-    req: &'r Request,
-    action: &str,
-    method: &Method,
-) -> Result<&'r str, ApiError> {
-    let [id, act] = route_action(req).ok_or(ApiError::RouteNotFound)?;
-    if act != action {
-        return Err(ApiError::RouteNotFound);
-    }
-    if req.method() != method {
-        return Err(ApiError::MethodNotAllowed);
-    }
-    Ok(id)
-}
-
-/// The `[id, action]` segments of `/api/conversations/{id}/<action>`, if the
-/// path has that shape.
-pub fn route_action(req: &Request) -> Option<[&str; 2]> {
-    match conversation_route(req.uri().path())?.as_slice() {
-        [id, act] => Some([*id, *act]),
-        _ => None,
-    }
-}
-
-/// A response body that is either whole or a stream of server-sent events.
-#[derive(Debug)]
-pub enum ResponseBody {
-    Full(Option<Bytes>),
-    Stream(mpsc::UnboundedReceiver<Bytes>),
-}
-
-impl From<String> for ResponseBody {
-    fn from(s: String) -> Self {
-        ResponseBody::Full(Some(Bytes::from(s)))
-    }
-}
-
-impl http_body::Body for ResponseBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        match self.get_mut() {
-            ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            ResponseBody::Stream(rx) => match rx.poll_recv(cx) {
-                Poll::Ready(Some(first)) => Poll::Ready(Some(Ok(Frame::data(coalesce(first, rx))))),
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            },
-        }
-    }
-}
-
-/// The most bytes one frame gathers from messages already waiting.
-const FRAME_BYTES: usize = 64 * 1024;
-
-/// `first` and whatever else is already waiting on the channel, as one frame:
-/// when the writer falls behind (a small CPU share, a burst of tokens), it
-/// catches up with one write instead of one per event. Nothing waits for more.
-fn coalesce(first: Bytes, rx: &mut mpsc::UnboundedReceiver<Bytes>) -> Bytes {
-    let Ok(second) = rx.try_recv() else {
-        return first;
-    };
-    let mut frame = BytesMut::with_capacity(first.len() + second.len());
-    frame.extend_from_slice(&first);
-    frame.extend_from_slice(&second);
-    while frame.len() < FRAME_BYTES {
-        match rx.try_recv() {
-            Ok(more) => frame.extend_from_slice(&more),
-            Err(_) => break,
-        }
-    }
-    frame.freeze()
-}
-
-pub fn json_response<B: From<String>>(status: StatusCode, value: &impl Serialize) -> Response<B> {
-    let body = serde_json::to_string(value).unwrap_or_else(|_| "{}".to_owned());
-    let mut resp = Response::new(B::from(body));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
-}
-
-pub fn error_response<B: From<String>>(err: &ApiError) -> Response<B> {
-    let mut resp = json_response(err.status(), &serde_json::json!({ "detail": err.detail() }));
-    if matches!(err, ApiError::MethodNotAllowed) {
-        resp.headers_mut()
-            .insert(http::header::ALLOW, HeaderValue::from_static("POST"));
-    }
-    if let Some(secs) = err.retry_after() {
-        resp.headers_mut()
-            .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
-    }
-    resp
-}
-
-pub fn empty_response<B: From<String>>(status: StatusCode) -> Response<B> {
-    let mut resp = Response::new(B::from(String::new()));
-    *resp.status_mut() = status;
-    resp
-}
-
-/// Echoes an allowed `Origin` (API Gateway does not add CORS headers to proxy
-/// responses; Function URLs configured with CORS replace these with their own).
-pub fn apply_cors<B>(config: &Config, request: &HeaderMap, resp: &mut Response<B>) {
-    let Some(origin) = request.get(http::header::ORIGIN) else {
-        return;
-    };
-    let allowed = origin.to_str().is_ok_and(|o| {
-        config
-            .allowed_origins
-            .iter()
-            .any(|a| a == "*" || a.eq_ignore_ascii_case(o))
-    });
-    if allowed {
-        resp.headers_mut()
-            .insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-        resp.headers_mut()
-            .append(VARY, HeaderValue::from_static("origin"));
-        // A page can read how long a 429 asks it to wait, and the request id
-        // to quote to support.
-        resp.headers_mut().insert(
-            http::header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static("retry-after, x-request-id"),
-        );
-    }
-}
-
-/// Answers a CORS preflight.
-pub fn preflight<B: From<String>>(config: &Config, req: &Request) -> Response<B> {
-    let mut resp = empty_response(StatusCode::NO_CONTENT);
-    apply_cors(config, req.headers(), &mut resp);
-    if resp.headers().contains_key(ACCESS_CONTROL_ALLOW_ORIGIN) {
-        let h = resp.headers_mut();
-        h.insert(
-            "access-control-allow-methods",
-            HeaderValue::from_static("GET, POST, PUT, DELETE, OPTIONS"),
-        );
-        h.insert(
-            "access-control-allow-headers",
-            HeaderValue::from_static("authorization, content-type, idempotency-key"),
-        );
-        h.insert("access-control-max-age", HeaderValue::from_static("600"));
-    }
-    resp
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn waiting_messages_go_out_as_one_frame_up_to_a_bound() {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let first = Bytes::from_static(b"data: 1\n\n");
-        assert_eq!(coalesce(first.clone(), &mut rx), first, "nothing waiting");
-
-        for i in 2..5 {
-            tx.send(Bytes::from(format!("data: {i}\n\n"))).unwrap();
-        }
-        assert_eq!(
-            coalesce(first.clone(), &mut rx),
-            "data: 1\n\ndata: 2\n\ndata: 3\n\ndata: 4\n\n"
-        );
-
-        let big = Bytes::from(vec![b'x'; FRAME_BYTES / 2]);
-        for _ in 0..4 {
-            tx.send(big.clone()).unwrap();
-        }
-        let frame = coalesce(first, &mut rx);
-        assert!(frame.len() >= FRAME_BYTES && frame.len() < FRAME_BYTES + big.len() + 16);
-        assert_eq!(
-            rx.try_recv().ok(),
-            Some(big),
-            "the rest waits for the next frame"
-        );
-    }
+    use http::StatusCode;
 
     #[test]
     fn send_body_table() {
@@ -502,29 +288,6 @@ mod tests {
         assert!(decode_regenerate(b"null").is_err());
         assert!(decode_regenerate(br#"{"top_k":1000}"#).is_err());
     }
-
-    #[test]
-    fn routes() {
-        let id = "0192f0c4-8a5e-7c3a-9b1e-0d2f4c6a8e10";
-        assert_eq!(conversation_route("/api/conversations"), Some(vec![]));
-        assert_eq!(
-            conversation_route("/prod/api/conversations/x/"),
-            Some(vec!["x"])
-        );
-        assert_eq!(conversation_route("/api/other"), None);
-        assert!(conversation_id(id).is_ok());
-        for bad in [
-            "",
-            "x",
-            "0192f0c48a5e7c3a9b1e0d2f4c6a8e10",
-            "{0192f0c4-8a5e-7c3a-9b1e-0d2f4c6a8e1}",
-        ] {
-            assert!(
-                matches!(conversation_id(bad), Err(ApiError::NotFound)),
-                "{bad}"
-            );
-        }
-    }
 }
 
 #[cfg(test)]
@@ -533,6 +296,7 @@ mod proptests {
     //! accepted body yields exactly the values it carried, and the content bound
     //! is in Unicode scalar values.
     use super::*;
+    use http::StatusCode;
     use proptest::prelude::*;
     use serde_json::json;
 

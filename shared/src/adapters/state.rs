@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
-use crate::auth::Verifier;
+use crate::adapters::auth::Verifier;
+use crate::adapters::lambda::metrics::{DynamoCounters, DynamoInterceptor};
+use crate::adapters::store::Store;
+use crate::adapters::upstream::InferenceClient;
 use crate::foundation::config::Config;
-use crate::inference::InferenceClient;
-use crate::metrics::{DynamoCounters, DynamoInterceptor};
-use crate::store::Store;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -105,7 +105,7 @@ fn needs_system_roots(endpoint: Option<&str>) -> bool {
 }
 
 /// The Amazon Trust Services roots, which every AWS service endpoint chains to.
-const AMAZON_ROOTS: &str = include_str!("../certs/amazon-trust-services.pem");
+const AMAZON_ROOTS: &str = include_str!("../../certs/amazon-trust-services.pem");
 
 /// A variable of the environment that is set and not empty.
 fn env_value(name: &str) -> Option<String> {
