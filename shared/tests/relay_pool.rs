@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use samosachaat::adapters::upstream::{InferenceClient, InferenceRequest, Turn};
+use samosachaat::domain::relay::{open, stream, Ending, Sink, Timing, Unwatched};
 use samosachaat::foundation::config::Config;
 use samosachaat::foundation::role::Role;
-use samosachaat::relay::{open, stream, Ending, Sink, Timing, Unwatched};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;

@@ -1,7 +1,7 @@
 //! The `conversations` function: create, list, read, rename and delete conversations.
 
 use samosachaat::adapters::lambda::runtime;
-use samosachaat::conversations;
+use samosachaat::handlers::conversations;
 
 fn main() -> Result<(), lambda_http::Error> {
     runtime::main(|state| runtime::run_buffered(state, conversations::handle))

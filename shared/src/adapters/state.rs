@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::adapters::auth::Verifier;
-use crate::adapters::lambda::metrics::{DynamoCounters, DynamoInterceptor};
+use crate::adapters::metrics::{DynamoCounters, DynamoInterceptor};
 use crate::adapters::store::Store;
 use crate::adapters::upstream::InferenceClient;
 use crate::foundation::config::Config;

@@ -11,8 +11,8 @@ use crate::foundation::error::ApiError;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const MAX_CONTENT_CHARS: usize = 8000;
 
-/// Set by [`crate::adapters::lambda::runtime`] on a request whose base64 body did not decode (any
-/// such header from the client is removed first), so the handler can answer 400
+/// Set by the Lambda runtime adapter on a request whose base64 body did not
+/// decode (any such header from the client is removed first), so the handler can answer 400
 /// instead of the runtime panicking.
 pub const BODY_ERROR_HEADER: &str = "x-samosachaat-body-error";
 

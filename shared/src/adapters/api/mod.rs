@@ -11,5 +11,5 @@ pub use body::{
     BODY_ERROR_HEADER, IDEMPOTENCY_HEADER, MAX_BODY_BYTES, MAX_CONTENT_CHARS,
 };
 pub use cors::{apply_cors, preflight};
-pub use response::{empty_response, error_response, json_response, ResponseBody};
+pub use response::{empty_response, error_response, json_response, stream_response, ResponseBody};
 pub use route::{action_route, chat_route, conversation_id, conversation_route, route_action};

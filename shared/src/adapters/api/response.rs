@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Response, StatusCode};
 use http_body::Frame;
 use serde::Serialize;
@@ -87,6 +87,17 @@ pub fn error_response<B: From<String>>(err: &ApiError) -> Response<B> {
         resp.headers_mut()
             .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
     }
+    resp
+}
+
+/// The head of an event stream; the body is whatever arrives on `rx`.
+pub fn stream_response(rx: mpsc::UnboundedReceiver<Bytes>) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::Stream(rx));
+    *resp.status_mut() = StatusCode::OK;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     resp
 }
 

@@ -1,5 +1,5 @@
 //! How the functions meet the Lambda runtime: `lambda_http`'s adapters turn events
-//! into requests and responses into Lambda's shapes, and [`crate::adapters::lambda::runtime_api`]
+//! into requests and responses into Lambda's shapes, and [`super::runtime_api`]
 //! carries them to and from the Runtime API.
 //!
 //! `lambda_http` decodes a base64 body with `expect`, so an event whose
@@ -24,8 +24,8 @@ use lambda_http::{
 };
 
 use crate::adapters::api::{ResponseBody, BODY_ERROR_HEADER};
-use crate::adapters::lambda::metrics::Invocation;
 use crate::adapters::lambda::runtime_api;
+use crate::adapters::metrics::Invocation;
 use crate::adapters::state::AppState;
 
 /// A function's `main`: logging, a current-thread Tokio runtime, the
@@ -108,7 +108,7 @@ where
 }
 
 /// Starts the invocation's metrics record and hands it to the handler in the
-/// request's extensions (see [`crate::adapters::lambda::metrics`]).
+/// request's extensions (see [`crate::adapters::metrics`]).
 fn begin(
     state: &AppState,
     function: &Arc<str>,

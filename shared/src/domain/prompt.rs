@@ -1,8 +1,9 @@
-//! What the model sees: the history window, the system prompt, and the title cut
-//! (SPEC sections 5 and 6).
+//! What the model sees: the history window, the system prompt, the request's
+//! parameters, and the title cut (SPEC sections 5 and 6).
 
 use crate::adapters::store::Message;
-use crate::adapters::upstream::Turn;
+use crate::adapters::upstream::{ChatParams, InferenceRequest, Turn};
+use crate::foundation::config::Config;
 use crate::foundation::role::Role;
 
 pub const SYS_DEFAULT: &str = "You are samosaChaat, a helpful AI assistant created by Manmohan Sharma. \
@@ -43,6 +44,15 @@ pub fn with_system_prompt(window: &[Turn], thinking_mode: bool) -> Vec<Turn> {
         first_user.content = format!("{prompt}\n\n{}", first_user.content);
     }
     out
+}
+
+/// The upstream request: the history window of `turns` (oldest first), the
+/// system prompt, and the parameters, the configuration's defaults where the
+/// request left them null.
+pub fn upstream_request(config: &Config, turns: &[Turn], params: &ChatParams) -> InferenceRequest {
+    let window = history_window(turns, config.max_history, config.max_token_budget);
+    let messages = with_system_prompt(window, params.thinking_mode);
+    InferenceRequest::new(messages, params, &config.defaults)
 }
 
 /// A stored message as the upstream receives it.

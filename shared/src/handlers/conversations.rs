@@ -11,11 +11,12 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::adapters::api;
-use crate::adapters::lambda::metrics::Invocation;
+use crate::adapters::metrics::Invocation;
 use crate::adapters::state::AppState;
 use crate::adapters::store::{CursorOr, StoreError, DEFAULT_TITLE};
+use crate::domain::live;
 use crate::foundation::error::ApiError;
-use crate::live;
+use crate::handlers::stop;
 
 pub const MAX_TITLE_CHARS: usize = 500;
 pub const MAX_MODEL_TAG_CHARS: usize = 100;
@@ -84,7 +85,7 @@ async fn route(state: &AppState, req: &Request) -> Result<Response<Body>, ApiErr
         ([id], &Method::GET) => get(state, user, api::conversation_id(id)?).await,
         ([id], &Method::PUT) => rename(state, user, api::conversation_id(id)?, req).await,
         ([id], _) => delete(state, user, api::conversation_id(id)?).await,
-        ([id, _], _) => live::stop(state, user, api::conversation_id(id)?).await,
+        ([id, _], _) => stop::stop(state, user, api::conversation_id(id)?).await,
         _ => Err(ApiError::RouteNotFound),
     }
 }

@@ -1,18 +1,14 @@
-//! The chat use cases: `send` and `regenerate` (SPEC sections 2-6).
-//!
-//! Both follow one path: authenticate, validate, one DynamoDB round trip (the
-//! Query and the claim of the conversation's live slot, side by side), build the
-//! prompt, open the stream, relay the upstream while checkpointing it
-//! ([`live::Checkpointer`]), persist, `done`. They differ only in the history
-//! they send and in how the answer is stored ([`Persist`]). The `send` function
-//! also serves `GET .../stream` ([`live::resume`]).
+//! An accepted answer, from its stream's opening to its end: the upstream
+//! relayed while a [`Checkpointer`] keeps it live in DynamoDB, the user message
+//! written meanwhile, the answer persisted ([`Persist`]), the stream ended. The
+//! work runs in its own task, so a browser that leaves still gets its answer
+//! stored.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
-use http::{Method, Response, StatusCode};
-use lambda_http::{Error, Request, RequestExt};
+use http::Response;
+use lambda_http::{Request, RequestExt};
 use serde_json::json;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
@@ -20,20 +16,17 @@ use tracing::{info, warn, Instrument};
 use uuid::Uuid;
 
 use crate::adapters::api::{self, ResponseBody};
-use crate::adapters::lambda::metrics::{self, Answer, Invocation};
+use crate::adapters::metrics::{self, Answer, Invocation};
 use crate::adapters::state::AppState;
 use crate::adapters::store::{
-    ChatContext, Claim, Conversation, IdempotencyKey, Message, MessageStatus, Replacing, Replay,
-    SlotGuard, StoreError, DEFAULT_TITLE,
+    Conversation, IdempotencyKey, Message, MessageStatus, Replacing, Replay, SlotGuard, StoreError,
 };
-use crate::adapters::upstream::{ChatParams, InferenceRequest, Turn};
-use crate::foundation::error::ApiError;
+use crate::adapters::upstream::InferenceRequest;
+use crate::domain::limits::Admission;
+use crate::domain::live::{self, Checkpointer};
+use crate::domain::relay::{self, Ending, Interrupt, Outcome, Sink, Timing};
 use crate::foundation::role::Role;
 use crate::foundation::time_fmt;
-use crate::limits::{self, Admission};
-use crate::live::{self, Checkpointer};
-use crate::prompt;
-use crate::relay::{self, Ending, Interrupt, Outcome, Sink, Timing};
 
 /// How the answer of a stream is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,371 +39,20 @@ pub enum Persist {
     Replace(Replacing),
 }
 
-/// What an accepted request turns into.
-enum Prepared {
-    /// A CORS preflight.
-    Preflight,
-    Stream(Box<Job>),
-    /// A retry of a finished request with the same `Idempotency-Key`.
-    Replay(Replay),
-}
-
 /// Everything a stream needs once the request has been accepted.
-struct Job {
-    state: Arc<AppState>,
-    user: Uuid,
-    conversation: Conversation,
+pub struct Job {
+    pub(crate) state: Arc<AppState>,
+    pub(crate) user: Uuid,
+    pub(crate) conversation: Conversation,
     /// The answer's id, claimed in the conversation's live slot.
-    answer: Uuid,
+    pub(crate) answer: Uuid,
     /// The user message to store alongside the upstream call (send only).
-    user_message: Option<(Message, Option<String>)>,
-    request: InferenceRequest,
-    persist: Persist,
-    idempotency: Option<IdempotencyKey>,
+    pub(crate) user_message: Option<(Message, Option<String>)>,
+    pub(crate) request: InferenceRequest,
+    pub(crate) persist: Persist,
+    pub(crate) idempotency: Option<IdempotencyKey>,
     /// Its place among the user's generating answers, given back at the end.
-    admission: Admission,
-}
-
-/// `POST /api/conversations/{id}/messages`, and `GET .../stream` (resume).
-pub async fn send(state: Arc<AppState>, req: Request) -> Result<Response<ResponseBody>, Error> {
-    if api::route_action(&req).is_some_and(|[_, action]| action == "stream") {
-        Invocation::of(&req).route("stream");
-        return live::resume(state, req).await;
-    }
-    Invocation::of(&req).route("messages");
-    Ok(respond(&state, &req, prepare_send(&state, &req).await))
-}
-
-/// `POST /api/conversations/{id}/regenerate`
-pub async fn regenerate(
-    state: Arc<AppState>,
-    req: Request,
-) -> Result<Response<ResponseBody>, Error> {
-    Invocation::of(&req).route("regenerate");
-    Ok(respond(
-        &state,
-        &req,
-        prepare_regenerate(&state, &req).await,
-    ))
-}
-
-fn respond(
-    state: &Arc<AppState>,
-    req: &Request,
-    prepared: Result<Prepared, ApiError>,
-) -> Response<ResponseBody> {
-    let mut resp = match prepared {
-        Ok(Prepared::Stream(job)) => open_stream(*job, req),
-        Ok(Prepared::Replay(replay)) => replay_stream(&replay),
-        Ok(Prepared::Preflight) => api::preflight(&state.config, req),
-        Err(err) => {
-            if let ApiError::Store(e) = &err {
-                warn!(error = %e, "store failure before the stream opened");
-            }
-            api::error_response(&err)
-        }
-    };
-    api::apply_cors(&state.config, req.headers(), &mut resp);
-    resp
-}
-
-async fn prepare_send(state: &Arc<AppState>, req: &Request) -> Result<Prepared, ApiError> {
-    if req.method() == Method::OPTIONS {
-        return Ok(Prepared::Preflight);
-    }
-    let id = api::chat_route(req, "messages")?;
-    let user = state.verifier.authenticate(req.headers())?.id;
-    let id = api::conversation_id(id)?;
-    let body = api::decode_send(api::body_bytes(req)?)?;
-    let key = idempotency_key(req, user, || {
-        fingerprint("send", id, Some(&body.content), &body.params)
-    })?;
-
-    // Made in this order, so the answer sorts after its question.
-    let question = Uuid::now_v7();
-    let answer = Uuid::now_v7();
-    let (ctx, admission) = match load_and_claim(state, user, id, answer).await {
-        Ok(loaded) => loaded,
-        Err(refused) => return replay_if_refused(state, key, refused).await,
-    };
-    let prepared = async {
-        let conversation = ctx.conversation;
-        let message = Message {
-            id: question,
-            conversation_id: conversation.id,
-            role: Role::User,
-            content: body.content,
-            token_count: None,
-            model_tag: Some(conversation.model_tag.clone()),
-            inference_time_ms: None,
-            created_at: time_fmt::of_id(question),
-            status: MessageStatus::Complete,
-        };
-        let title = (ctx.recent.is_empty() && conversation.title == DEFAULT_TITLE)
-            .then(|| prompt::title_from(&message.content));
-
-        let mut turns: Vec<Turn> = ctx.recent.iter().map(prompt::turn).collect();
-        turns.push(prompt::turn(&message));
-        let idempotency = match claim(state, key).await? {
-            Ok(idempotency) => idempotency,
-            Err(replay) => return Ok(Prepared::Replay(replay)),
-        };
-        let request = upstream_request(state, &turns, &body.params);
-        Ok(Prepared::Stream(Box::new(Job {
-            state: state.clone(),
-            user,
-            conversation,
-            answer,
-            user_message: Some((message, title)),
-            request,
-            persist: Persist::Append,
-            idempotency,
-            admission: admission.clone(),
-        })))
-    }
-    .await;
-    keep_slot_if_streaming(state, id, answer, &admission, prepared).await
-}
-
-async fn prepare_regenerate(state: &Arc<AppState>, req: &Request) -> Result<Prepared, ApiError> {
-    if req.method() == Method::OPTIONS {
-        return Ok(Prepared::Preflight);
-    }
-    let id = api::chat_route(req, "regenerate")?;
-    let user = state.verifier.authenticate(req.headers())?.id;
-    let id = api::conversation_id(id)?;
-    let params = api::decode_regenerate(api::body_bytes(req)?)?;
-    let key = idempotency_key(req, user, || fingerprint("regenerate", id, None, &params))?;
-    let answer = Uuid::now_v7();
-    let (ctx, admission) = match load_and_claim(state, user, id, answer).await {
-        Ok(loaded) => loaded,
-        Err(refused) => return replay_if_refused(state, key, refused).await,
-    };
-
-    let prepared = async {
-        let no_user_message =
-            || ApiError::BadRequest("conversation has no user messages to regenerate from".into());
-        let last_user = ctx
-            .recent
-            .iter()
-            .rposition(|m| m.role == Role::User)
-            .ok_or_else(no_user_message)?;
-        let last = ctx.recent.last().ok_or_else(no_user_message)?;
-        let persist = Persist::Replace(Replacing {
-            expected_last: last.id,
-            // Only the very last message is ever replaced; a conversation ending
-            // with its user message gets the missing answer and loses nothing.
-            replaces: (last.role == Role::Assistant).then_some(last.id),
-        });
-        let turns: Vec<Turn> = ctx.recent[..=last_user].iter().map(prompt::turn).collect();
-        let idempotency = match claim(state, key).await? {
-            Ok(idempotency) => idempotency,
-            Err(replay) => return Ok(Prepared::Replay(replay)),
-        };
-        let request = upstream_request(state, &turns, &params);
-        Ok(Prepared::Stream(Box::new(Job {
-            state: state.clone(),
-            user,
-            conversation: ctx.conversation,
-            answer,
-            user_message: None,
-            request,
-            persist,
-            idempotency,
-            admission: admission.clone(),
-        })))
-    }
-    .await;
-    keep_slot_if_streaming(state, id, answer, &admission, prepared).await
-}
-
-/// The one DynamoDB round trip before the upstream call: the chat Query, the
-/// claim of the conversation's live slot for `answer` and the user's limits
-/// ([`limits::admit`]), side by side. When the claim had to settle a dead answer
-/// first, the conversation is read again. A refused request keeps nothing: the
-/// slot is released and the admission given back.
-async fn load_and_claim(
-    state: &AppState,
-    user: Uuid,
-    id: Uuid,
-    answer: Uuid,
-) -> Result<(ChatContext, Admission), ApiError> {
-    // The history needs the newest `max_history - 1` stored messages besides the
-    // new one; one more is read so regenerate and send share the Query shape.
-    let limit = state.config.max_history + 1;
-    let (ctx, claimed, admitted) = tokio::join!(
-        state.store.load_chat(user, id, limit),
-        live::claim(state, user, id, answer),
-        limits::admit(state, user, id, answer),
-    );
-    // Someone else's or a missing conversation is a 404 before it is a 429.
-    let refused = match (&ctx, &claimed, admitted) {
-        (Ok(None), _, admitted) | (_, Err(ApiError::NotFound), admitted) => {
-            Err((ApiError::NotFound, admitted.ok()))
-        }
-        (_, _, Err(refused)) => Err((refused, None)),
-        (_, _, Ok(admission)) => Ok(admission),
-    };
-    let admission = match refused {
-        Ok(admission) => admission,
-        Err((err, admission)) => {
-            if let Some(admission) = admission {
-                admission.refund(state).await;
-            }
-            if claimed.is_ok() {
-                release(state, id, answer).await;
-            }
-            return Err(err);
-        }
-    };
-    let loaded = load_claimed(state, user, id, answer, ctx, claimed).await;
-    match loaded {
-        Ok(ctx) => Ok((ctx, admission)),
-        Err(e) => {
-            admission.refund(state).await;
-            Err(e)
-        }
-    }
-}
-
-/// The conversation as the request sees it once its slot is claimed.
-async fn load_claimed(
-    state: &AppState,
-    user: Uuid,
-    id: Uuid,
-    answer: Uuid,
-    ctx: Result<Option<ChatContext>, StoreError>,
-    claimed: Result<bool, ApiError>,
-) -> Result<ChatContext, ApiError> {
-    let limit = state.config.max_history + 1;
-    // A failed claim holds nothing: there is nothing to give back.
-    let settled = claimed?;
-    let ctx = match ctx {
-        Ok(Some(ctx)) if !settled => Ok(ctx),
-        Ok(None) if !settled => Err(ApiError::NotFound),
-        Err(e) if !settled => Err(e.into()),
-        _ => match state.store.load_chat(user, id, limit).await {
-            Ok(Some(ctx)) => Ok(ctx),
-            Ok(None) => Err(ApiError::NotFound),
-            Err(e) => Err(e.into()),
-        },
-    };
-    if ctx.is_err() {
-        release(state, id, answer).await;
-    }
-    ctx
-}
-
-/// A request that claimed the live slot but will not stream gives it back, and
-/// its admission, so a refused request (or a replay) changes nothing.
-async fn keep_slot_if_streaming(
-    state: &AppState,
-    id: Uuid,
-    answer: Uuid,
-    admission: &Admission,
-    prepared: Result<Prepared, ApiError>,
-) -> Result<Prepared, ApiError> {
-    if !matches!(prepared, Ok(Prepared::Stream(_))) {
-        tokio::join!(release(state, id, answer), admission.refund(state));
-    }
-    prepared
-}
-
-/// A request over a limit may still be the retry of one that was counted: its
-/// `Idempotency-Key` record answers it (a replay, or 409 while it runs) without
-/// counting it again. Any other refusal stands.
-async fn replay_if_refused(
-    state: &AppState,
-    key: Option<IdempotencyKey>,
-    refused: ApiError,
-) -> Result<Prepared, ApiError> {
-    let (ApiError::TooManyRequests { .. }, Some(key)) = (&refused, key) else {
-        return Err(refused);
-    };
-    match state.store.recorded(&key).await {
-        Ok(Some(Claim::Finished(replay))) => Ok(Prepared::Replay(replay)),
-        Ok(Some(Claim::Running)) => Err(in_progress()),
-        Ok(_) => Err(refused),
-        Err(e) => {
-            warn!(error = %e, "idempotency record not read");
-            Err(refused)
-        }
-    }
-}
-
-fn in_progress() -> ApiError {
-    ApiError::Conflict("a request with this Idempotency-Key is still in progress".into())
-}
-
-async fn release(state: &AppState, id: Uuid, answer: Uuid) {
-    if let Err(e) = state.store.release_slot(id, answer).await {
-        warn!(error = %e, "live slot not released");
-    }
-}
-
-/// A digest of what a request asks for, so a retry can be told from a reuse of
-/// its key for something else. `serde_json` maps are ordered, so it is stable.
-fn fingerprint(
-    route: &str,
-    conversation: Uuid,
-    content: Option<&str>,
-    params: &ChatParams,
-) -> String {
-    use sha2::{Digest, Sha256};
-    let canonical = json!({
-        "route": route,
-        "conversation": conversation,
-        "content": content,
-        "temperature": params.temperature,
-        "max_tokens": params.max_tokens,
-        "top_k": params.top_k,
-        "thinking_mode": params.thinking_mode,
-        "force_web_search": params.force_web_search,
-    });
-    let digest = Sha256::digest(canonical.to_string().as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The request's `Idempotency-Key`, if it has one, bound to its user and to a
-/// digest of what it asks for (made only when there is a key).
-fn idempotency_key(
-    req: &Request,
-    user: Uuid,
-    fingerprint: impl FnOnce() -> String,
-) -> Result<Option<IdempotencyKey>, ApiError> {
-    Ok(
-        api::idempotency_key(req.headers())?.map(|key| IdempotencyKey {
-            user,
-            key,
-            fingerprint: fingerprint(),
-        }),
-    )
-}
-
-/// Claims the request's `Idempotency-Key`, if it has one. `Ok(Err(replay))` means a
-/// retry of a finished request: answer it from the record, run nothing.
-async fn claim(
-    state: &AppState,
-    key: Option<IdempotencyKey>,
-) -> Result<Result<Option<IdempotencyKey>, Replay>, ApiError> {
-    let Some(key) = key else {
-        return Ok(Ok(None));
-    };
-    match state.store.claim(&key).await? {
-        Claim::New => Ok(Ok(Some(key))),
-        Claim::Finished(replay) => Ok(Err(replay)),
-        Claim::Running => Err(in_progress()),
-        Claim::Mismatch => Err(ApiError::invalid(
-            "Idempotency-Key: already used for a different request",
-        )),
-    }
-}
-
-fn upstream_request(state: &AppState, turns: &[Turn], params: &ChatParams) -> InferenceRequest {
-    let config = &state.config;
-    let window = prompt::history_window(turns, config.max_history, config.max_token_budget);
-    let messages = prompt::with_system_prompt(window, params.thinking_mode);
-    InferenceRequest::new(messages, params, &config.defaults)
+    pub(crate) admission: Admission,
 }
 
 /// What a stream's task carries of its invocation: the metrics record (written
@@ -455,7 +97,7 @@ impl Invoked {
 /// The task owns the work: if the browser goes away, the upstream is still read
 /// to its end and the answer stored. Its span is a child of the invocation's, so
 /// its log lines carry the request id too.
-fn open_stream(job: Job, req: &Request) -> Response<ResponseBody> {
+pub fn open(job: Job, req: &Request) -> Response<ResponseBody> {
     let (tx, rx) = mpsc::unbounded_channel();
     let span = tracing::info_span!(
         "chat",
@@ -480,22 +122,12 @@ fn open_stream(job: Job, req: &Request) -> Response<ResponseBody> {
         drop(open);
     };
     tokio::spawn(work.instrument(span));
-    stream_response(rx)
-}
-
-pub(crate) fn stream_response(rx: mpsc::UnboundedReceiver<bytes::Bytes>) -> Response<ResponseBody> {
-    let mut resp = Response::new(ResponseBody::Stream(rx));
-    *resp.status_mut() = StatusCode::OK;
-    let h = resp.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    resp
+    api::stream_response(rx)
 }
 
 /// What a finished request's retry sees: the stored answer as one token event,
 /// then the ending the first request had.
-fn replay_stream(replay: &Replay) -> Response<ResponseBody> {
+pub fn replay(replay: &Replay) -> Response<ResponseBody> {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut sink = Sink::new(tx);
     if !replay.content.is_empty() {
@@ -510,7 +142,7 @@ fn replay_stream(replay: &Replay) -> Response<ResponseBody> {
         Some(Err(_)) => finish_with_error(&mut sink, json!({ "error": "persist_failed" })),
         None => sink.event(&done_event(replay.message_id, replay.stopped)),
     }
-    stream_response(rx)
+    api::stream_response(rx)
 }
 
 /// How long the user-message write may wait for the upstream's response head.
@@ -601,7 +233,7 @@ async fn run(job: Job, mut sink: Sink, invoked: Invoked) {
             invoked.answer(upstream.as_ref(), std::slice::from_ref(&error), false);
             if matches!(result, Err(StoreError::NotFound)) {
                 // The conversation is gone: nobody can resume it.
-                release(&job.state, job.conversation.id, job.answer).await;
+                live::release(&job.state, job.conversation.id, job.answer).await;
                 live.discard().await;
             } else {
                 let last = live.last(vec![error, json!({ "done": true })]).await;
@@ -749,14 +381,14 @@ async fn conclude(
     let deleted = outcome.ending == Ending::Interrupted(Interrupt::Gone);
     invoked.answer(Some(&outcome), &end, deleted);
     if gone {
-        release(&job.state, job.conversation.id, job.answer).await;
+        live::release(&job.state, job.conversation.id, job.answer).await;
         live.discard().await;
         return;
     }
     let last = live.last(end).await;
     if matches!(stored, Some(Err(_))) {
         // The answer's transaction carried the last checkpoint and failed.
-        release(&job.state, job.conversation.id, job.answer).await;
+        live::release(&job.state, job.conversation.id, job.answer).await;
         live.write(&last).await;
     } else {
         live.release_with(&last).await;

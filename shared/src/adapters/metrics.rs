@@ -2,8 +2,8 @@
 //! line on stdout per invocation, which CloudWatch Logs turns into metrics. No
 //! network call, no agent, nothing kept between invocations.
 //!
-//! Every invocation has one [`Invocation`] record, made by [`crate::adapters::lambda::runtime`] and
-//! reachable from the request's extensions. The record is written when the last
+//! Every invocation has one [`Invocation`] record, made by the Lambda runtime
+//! adapter (`adapters::lambda::runtime`) and reachable from the request's extensions. The record is written when the last
 //! part of the invocation lets go of it: the handler for a buffered response, the
 //! stream's task for a streamed answer (the handler returns the response at once
 //! and the answer goes on in that task, so its figures exist only at the task's

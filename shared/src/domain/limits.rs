@@ -25,10 +25,10 @@ use uuid::Uuid;
 
 use crate::adapters::state::AppState;
 use crate::adapters::store::{Counted, HeldAnswer, LimitRecord, StoreError, Windows};
+use crate::domain::live;
 use crate::foundation::config::Limits;
 use crate::foundation::error::ApiError;
 use crate::foundation::time_fmt;
-use crate::live;
 
 /// What a refused user is told to wait, in seconds, when answers are
 /// generating: answers usually end within seconds.
