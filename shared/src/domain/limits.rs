@@ -1,4 +1,4 @@
-//! Per-user limits on what reaches the upstream (README "Per-user limits"):
+//! Per-user limits on what reaches the upstream (`docs/limits.md`):
 //! messages per minute (a fixed window), messages per UTC day, and answers
 //! generating at once.
 //!

@@ -33,7 +33,7 @@ use crate::adapters::state::AppState;
 ///
 /// One thread: Lambda runs one invocation at a time per instance, on a fraction
 /// of a vCPU, so a multi-thread scheduler only adds cross-thread wake-ups on every
-/// hand-off (see the README's benchmark).
+/// hand-off (see `docs/benchmark.md`).
 pub fn main<F, Fut>(serve: F) -> Result<(), Error>
 where
     F: FnOnce(Arc<AppState>) -> Fut,

@@ -1,6 +1,6 @@
 //! Conversations and messages in one DynamoDB table.
 //!
-//! Keys (documented with every access pattern in the README):
+//! Keys (documented with every access pattern in `docs/table.md`):
 //!
 //! | item         | `pk`                | `sk`              | user index (`by_user`)          |
 //! |--------------|---------------------|-------------------|---------------------------------|
