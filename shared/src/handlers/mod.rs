@@ -1,5 +1,5 @@
 //! What a route reaches: one module per route of SPEC section 2, and what
-//! `send` and `regenerate` share before their stream opens ([`accept`]).
+//! `send` and `regenerate` share before their stream opens (`accept`).
 //!
 //! | function | route | handler |
 //! |---|---|---|

@@ -1,4 +1,4 @@
-//! Per-user limit record (see [`crate::limits`]): one item per user, in its own
+//! Per-user limit record (the rules are `domain::limits`): one item per user, in its own
 //! partition, so no partition is shared by everyone and every limit is checked
 //! and counted by one conditional UpdateItem.
 //!
