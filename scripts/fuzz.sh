@@ -2,7 +2,7 @@
 # Fuzzes the two parsers that read hostile bytes (not part of scripts/test.sh):
 #
 #   sse_reader       arbitrary upstream bytes, in arbitrary chunks, through
-#                    samosachaat::sse::SseReader (chunking never changes the
+#                    samosachaat::adapters::upstream::sse::SseReader (chunking never changes the
 #                    events; every token is a JSON string of the input)
 #   request_decoder  arbitrary request bodies through api::decode_send and
 #                    api::decode_regenerate (422 naming a field, or exactly the

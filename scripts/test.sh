@@ -13,6 +13,13 @@ scripts/bootstrap.sh
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 cargo fmt --all -- --check
 cargo clippy --quiet --workspace --all-targets -- -D warnings
+# The library's layers, before the stack starts: a circle of imports, or an
+# import pointing up a layer, fails the run here (shared/tests/layers.rs).
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast -E 'binary(layers)'
+else
+  cargo test --workspace --test layers
+fi
 
 # A fresh test stack every run: moto's Query time grows with the whole table, so
 # a stack left over from earlier runs slows the end-to-end tests into timeouts.

@@ -5,9 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use samosachaat::api::{
-    decode_regenerate, decode_send, json_object, ChatParams, MAX_CONTENT_CHARS,
-};
+use samosachaat::adapters::api::{decode_regenerate, decode_send, json_object, MAX_CONTENT_CHARS};
+use samosachaat::adapters::upstream::ChatParams;
 use serde_json::Value;
 
 const FIELDS: [&str; 7] = [
@@ -43,7 +42,7 @@ fn check_params(p: &ChatParams, map: Option<&serde_json::Map<String, Value>>) {
     assert_eq!(p.temperature.is_some(), !get("temperature").is_null());
 }
 
-fn check_rejection(err: samosachaat::error::ApiError) {
+fn check_rejection(err: samosachaat::foundation::error::ApiError) {
     assert_eq!(err.status().as_u16(), 422, "{}", err.detail());
     let field = err
         .detail()

@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use samosachaat::sse::{Event, SseReader};
+use samosachaat::adapters::upstream::sse::{Event, SseReader};
 
 fn read(chunks: &[&[u8]]) -> Vec<Event> {
     let mut reader = SseReader::new();

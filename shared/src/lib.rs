@@ -1,30 +1,23 @@
-//! The library behind the samosaChaat chat functions.
+//! The library behind the samosaChaat chat functions, in four layers; a module
+//! imports only from its own layer or the ones below, never in a circle
+//! (`tests/layers.rs` checks both):
 //!
-//! Data flows one way: request -> [`auth`] -> [`api`] (route, body) -> [`store`]
-//! (one Query) -> [`prompt`] -> [`inference`] -> [`relay`] (stream to the browser)
-//! -> [`store`] (persist) -> `done`. [`chat`] ties those together for `send` and
-//! `regenerate`; [`conversations`] serves the CRUD routes; [`live`] keeps an
-//! answer in DynamoDB while it streams (stop, resume, settling dead answers).
+//! - [`handlers`]: what a route reaches (send, regenerate, resume, stop,
+//!   conversations);
+//! - [`domain`]: the rules they use (an answer's life, the relay, live answers,
+//!   per-user limits, the prompt);
+//! - [`adapters`]: the outside world (the store, the upstream, auth, Lambda's
+//!   runtime and metrics, the HTTP surface) and [`AppState`], which holds them;
+//! - [`foundation`]: configuration, errors, time, a message's role.
+//!
+//! Data flows one way: request -> auth -> validate -> load -> prompt -> upstream
+//! -> relay -> persist -> `done`.
 
-pub mod api;
-pub mod auth;
-pub mod chat;
-pub mod config;
-pub mod conversations;
-pub mod error;
-pub mod inference;
-pub mod limits;
-pub mod live;
-pub mod metrics;
-pub mod prompt;
-pub mod relay;
-pub mod runtime;
-pub mod runtime_api;
-pub mod schema;
-pub mod sse;
-pub mod state;
-pub mod store;
-pub mod time_fmt;
+pub mod adapters;
+pub mod domain;
+pub mod foundation;
+pub mod handlers;
 
-pub use error::ApiError;
-pub use state::AppState;
+pub use adapters::state::AppState;
+pub use adapters::store;
+pub use foundation::error::ApiError;

@@ -298,7 +298,7 @@ async fn delete_removes_every_item_of_a_long_conversation() {
             .item("content", AttributeValue::S(format!("more {i}")))
             .item(
                 "created_at",
-                AttributeValue::S(samosachaat::time_fmt::of_id(message)),
+                AttributeValue::S(samosachaat::foundation::time_fmt::of_id(message)),
             )
             .item("status", AttributeValue::S("complete".into()))
             .send()

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{body_bytes, eventually, marker, s, Stack, Stream};
-use samosachaat::config::Config;
-use samosachaat::{chat, AppState};
+use samosachaat::foundation::config::Config;
+use samosachaat::handlers::send;
+use samosachaat::AppState;
 use serde_json::json;
 
 /// The functions' state with some settings changed, for in-process runs.
@@ -32,7 +33,7 @@ async fn send_in_process(
         .event("send-message.json", id, &user.token)
         .replace("Hello from the sample event", content);
     let request = lambda_http::request::from_str(&event).expect("event");
-    let resp = chat::send(state, request).await.expect("handler");
+    let resp = send::send(state, request).await.expect("handler");
     let status = resp.status().as_u16();
     Stream::parse(
         status,

@@ -1132,7 +1132,8 @@ async fn invoke(
     event: Value,
 ) -> (u16, Vec<u8>) {
     use lambda_http::request::LambdaRequest;
-    use samosachaat::{chat, conversations, runtime};
+    use samosachaat::adapters::lambda::runtime;
+    use samosachaat::handlers::{conversations, regenerate, send};
     let payload: LambdaRequest = serde_json::from_value(event).expect("lambda request");
     let request: lambda_http::Request = runtime::sanitize(lambda_http::LambdaEvent::new(
         payload,
@@ -1150,9 +1151,9 @@ async fn invoke(
         )
     } else {
         let resp = if file.starts_with("send-") {
-            chat::send(state.clone(), request).await
+            send::send(state.clone(), request).await
         } else {
-            chat::regenerate(state.clone(), request).await
+            regenerate::regenerate(state.clone(), request).await
         }
         .expect("handler");
         (

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{marker, roles_and_contents, s, Stack};
-use samosachaat::prompt::SYS_DEFAULT;
+use samosachaat::domain::prompt::SYS_DEFAULT;
 use serde_json::json;
 
 fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{eventually, marker, roles_and_contents, s, Stack};
-use samosachaat::prompt::SYS_DEFAULT;
+use samosachaat::domain::prompt::SYS_DEFAULT;
 use serde_json::{json, Value};
 use uuid::Uuid;
 

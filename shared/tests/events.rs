@@ -7,7 +7,8 @@ mod common;
 use common::{body_bytes, Stack, Stream};
 use lambda_http::request::LambdaRequest;
 use lambda_http::{Context, LambdaEvent, Request};
-use samosachaat::{chat, conversations, runtime};
+use samosachaat::adapters::lambda::runtime;
+use samosachaat::handlers::{conversations, regenerate, send};
 use serde_json::Value;
 
 fn parse(event: &str) -> Request {
@@ -41,13 +42,13 @@ async fn every_sample_event_runs_through_its_handler() {
             if file.starts_with("regenerate") {
                 // Regenerate needs a turn to answer.
                 let first = parse(&stack.event("send-message.json", id, &user.token));
-                let resp = chat::send(state.clone(), first).await.expect("handler");
+                let resp = send::send(state.clone(), first).await.expect("handler");
                 body_bytes(resp.into_body()).await;
             }
             let resp = if file.starts_with("send-") {
-                chat::send(state.clone(), request).await
+                send::send(state.clone(), request).await
             } else {
-                chat::regenerate(state.clone(), request).await
+                regenerate::regenerate(state.clone(), request).await
             }
             .expect("handler");
             (resp.status().as_u16(), body_bytes(resp.into_body()).await)
@@ -91,7 +92,7 @@ async fn an_undecodable_base64_body_is_a_400_not_a_panic() {
     let request: Request = runtime::sanitize(LambdaEvent::new(payload, Context::default()))
         .payload
         .into();
-    let resp = chat::send(state.clone(), request).await.expect("handler");
+    let resp = send::send(state.clone(), request).await.expect("handler");
     assert_eq!(resp.status(), 400);
     let body: Value = serde_json::from_slice(&body_bytes(resp.into_body()).await).expect("json");
     assert!(body["detail"].as_str().expect("detail").contains("base64"));

@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use samosachaat::config::Config;
-use samosachaat::inference::{InferenceClient, InferenceRequest};
-use samosachaat::prompt::{Role, Turn};
-use samosachaat::relay::{open, stream, Ending, Sink, Timing, Unwatched};
+use samosachaat::adapters::upstream::{InferenceClient, InferenceRequest, Turn};
+use samosachaat::domain::relay::{open, stream, Ending, Sink, Timing, Unwatched};
+use samosachaat::foundation::config::Config;
+use samosachaat::foundation::role::Role;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;

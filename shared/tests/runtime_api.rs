@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use lambda_http::request::LambdaRequest;
 use lambda_http::{service_fn, Error, LambdaEvent};
 use lambda_runtime::{Config, MetadataPrelude, StreamResponse};
-use samosachaat::runtime_api::{self, Buffered, Endpoint};
+use samosachaat::adapters::lambda::runtime_api::{self, Buffered, Endpoint};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Mutex};
 

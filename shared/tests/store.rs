@@ -10,11 +10,11 @@ use aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef;
 use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_dynamodb::error::BoxError;
 use common::Stack;
-use samosachaat::prompt::{Role, DEFAULT_TITLE};
-use samosachaat::store::{
+use samosachaat::adapters::store::{
     Conversation, Counted, HeldAnswer, Message, MessageStatus, Replacing, SlotClaim, SlotGuard,
-    Store, StoreError, Windows,
+    Store, StoreError, Windows, DEFAULT_TITLE,
 };
+use samosachaat::foundation::role::Role;
 use uuid::Uuid;
 
 #[derive(Debug, Default, Clone)]
@@ -67,7 +67,9 @@ fn message(conversation: &Conversation, role: Role, content: &str) -> Message {
         token_count: None,
         model_tag: Some("default".into()),
         inference_time_ms: None,
-        created_at: samosachaat::time_fmt::format(samosachaat::time_fmt::now()),
+        created_at: samosachaat::foundation::time_fmt::format(
+            samosachaat::foundation::time_fmt::now(),
+        ),
         status: MessageStatus::Complete,
     }
 }

@@ -1,8 +1,8 @@
 //! Holds `template.yaml` (the SAM bundle) to the code: the table's keys and index
-//! are `samosachaat::schema`'s, every function gets the configuration
+//! are `samosachaat::adapters::store::schema`'s, every function gets the configuration
 //! `Config::from_env` reads, the streaming functions stream, each role allows
 //! only the DynamoDB actions its function uses, on the table and its index, and
-//! every alarm and dashboard chart reads a metric `samosachaat::metrics` writes,
+//! every alarm and dashboard chart reads a metric `samosachaat::adapters::metrics` writes,
 //! with the dimensions it writes it with.
 //!
 //! The template is read with a small CloudFormation-aware loader over
@@ -12,9 +12,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use samosachaat::config::Config;
-use samosachaat::schema::{KEY_ATTRIBUTES, TABLE_KEYS, USER_INDEX_KEYS};
-use samosachaat::store::USER_INDEX;
+use samosachaat::adapters::store::schema::{KEY_ATTRIBUTES, TABLE_KEYS, USER_INDEX_KEYS};
+use samosachaat::adapters::store::USER_INDEX;
+use samosachaat::foundation::config::Config;
 use serde_json::{json, Map, Value};
 use yaml_rust2::parser::{Event, EventReceiver, Parser, Tag};
 use yaml_rust2::scanner::TScalarStyle;
@@ -659,11 +659,11 @@ const LAMBDA_METRICS: &[&str] = &[
 ];
 
 /// Holds a watched metric to what the code writes: a metric of
-/// `samosachaat::metrics` with one of the dimension sets its group is written
+/// `samosachaat::adapters::metrics` with one of the dimension sets its group is written
 /// with, a function of this template, an outcome the code has; or a Lambda
 /// metric of one of the functions.
 fn assert_written_by_the_code(w: &Watched, context: &str) {
-    use samosachaat::metrics as m;
+    use samosachaat::adapters::metrics as m;
     let function_ids: Vec<&str> = FUNCTIONS.iter().map(|(id, ..)| *id).collect();
     let function_ref = |v: &Value| {
         v["Ref"]
@@ -727,7 +727,7 @@ fn alarms_watch_metrics_the_code_writes() {
 
 #[test]
 fn the_alarms_an_operator_needs_are_there_with_thresholds_as_parameters() {
-    use samosachaat::metrics as m;
+    use samosachaat::adapters::metrics as m;
     let t = template();
     let alarms = resources_of_type(&t, "AWS::CloudWatch::Alarm");
     let watching = |namespace: &str, name: &str, function: &str, outcome: Option<&str>| {
@@ -829,7 +829,7 @@ fn the_alarms_an_operator_needs_are_there_with_thresholds_as_parameters() {
 
 #[test]
 fn the_dashboard_charts_metrics_the_code_writes_and_every_alarm() {
-    use samosachaat::metrics as m;
+    use samosachaat::adapters::metrics as m;
     let t = template();
     let dashboards = resources_of_type(&t, "AWS::CloudWatch::Dashboard");
     assert_eq!(dashboards.len(), 1, "one dashboard");

@@ -9,9 +9,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
-use samosachaat::api::ChatParams;
-use samosachaat::config::Config;
-use samosachaat::inference::{InferenceClient, InferenceRequest, StartError};
+use samosachaat::adapters::upstream::{ChatParams, InferenceClient, InferenceRequest, StartError};
+use samosachaat::foundation::config::Config;
 
 const SSE: &str = "data: {\"token\": \"Hi\"}\n\ndata: [DONE]\n\n";
 
@@ -94,7 +93,7 @@ fn request() -> InferenceRequest {
         thinking_mode: false,
         force_web_search: false,
     };
-    let config_defaults = samosachaat::config::InferenceDefaults {
+    let config_defaults = samosachaat::foundation::config::InferenceDefaults {
         temperature: 0.7,
         max_tokens: 64,
         top_k: 40,

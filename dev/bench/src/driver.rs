@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_dynamodb::types::AttributeValue;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use samosachaat::api::ChatParams;
-use samosachaat::config::InferenceDefaults;
-use samosachaat::inference::InferenceRequest;
-use samosachaat::prompt::{self, Role, Turn, DEFAULT_TITLE};
-use samosachaat::store::{limit_pk, Store, LIMITS_SK};
+use samosachaat::adapters::store::{limit_pk, Store, DEFAULT_TITLE, LIMITS_SK};
+use samosachaat::adapters::upstream::{ChatParams, InferenceRequest, Turn};
+use samosachaat::domain::prompt;
+use samosachaat::foundation::config::InferenceDefaults;
+use samosachaat::foundation::role::Role;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -125,7 +125,7 @@ impl Bench {
             .credentials_provider(Credentials::new("local", "local", None, None, "bench"))
             .build();
         let client = aws_sdk_dynamodb::Client::from_conf(conf);
-        samosachaat::schema::create_table(&client, TABLE)
+        samosachaat::adapters::store::schema::create_table(&client, TABLE)
             .await
             .map_err(|e| format!("create table: {e}"))?;
         let user = Uuid::new_v4();

@@ -17,7 +17,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use samosachaat::sse::{Event, SseReader};
+use samosachaat::adapters::upstream::sse::{Event, SseReader};
 use uuid::Uuid;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -44,7 +44,7 @@ async fn run(args: &[String]) -> Result<(), BoxError> {
             let table = env("TABLE_NAME")?;
             let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
             let client = aws_sdk_dynamodb::Client::new(&aws);
-            samosachaat::schema::create_table(&client, &table).await?;
+            samosachaat::adapters::store::schema::create_table(&client, &table).await?;
             println!("table {table} ready");
             Ok(())
         }

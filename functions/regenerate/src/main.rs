@@ -1,7 +1,8 @@
 //! The `regenerate` function: streams an answer to the browser (Lambda response streaming).
 
-use samosachaat::{chat, runtime};
+use samosachaat::adapters::lambda::runtime;
+use samosachaat::handlers::regenerate;
 
 fn main() -> Result<(), lambda_http::Error> {
-    runtime::main(|state| runtime::run_streaming(state, chat::regenerate))
+    runtime::main(|state| runtime::run_streaming(state, regenerate::regenerate))
 }

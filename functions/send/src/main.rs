@@ -1,7 +1,8 @@
 //! The `send` function: streams an answer to the browser (Lambda response streaming).
 
-use samosachaat::{chat, runtime};
+use samosachaat::adapters::lambda::runtime;
+use samosachaat::handlers::send;
 
 fn main() -> Result<(), lambda_http::Error> {
-    runtime::main(|state| runtime::run_streaming(state, chat::send))
+    runtime::main(|state| runtime::run_streaming(state, send::send))
 }

@@ -128,7 +128,8 @@ async fn main() -> ExitCode {
 async fn migrate() -> Result<ExitCode, Failure> {
     let args = args(std::env::args().skip(1))?;
     let started = Instant::now();
-    let started_at = samosachaat::time_fmt::format(samosachaat::time_fmt::now());
+    let started_at =
+        samosachaat::foundation::time_fmt::format(samosachaat::foundation::time_fmt::now());
     let sdk = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(RetryConfig::standard().with_max_attempts(8))
         .load()
@@ -151,7 +152,7 @@ async fn migrate() -> Result<ExitCode, Failure> {
         snapshot: &snapshot,
         target: &target,
         tally: &tally,
-        now: samosachaat::time_fmt::now(),
+        now: samosachaat::foundation::time_fmt::now(),
     }
     .go(&progress)
     .await?;

@@ -3,9 +3,10 @@
 //! table cannot hold as it is. Pure: the copy writes it, the dry run prints it,
 //! verify compares the table with it.
 
-use samosachaat::prompt::{Role, DEFAULT_TITLE};
+use samosachaat::foundation::role::Role;
+use samosachaat::foundation::time_fmt;
+use samosachaat::store::DEFAULT_TITLE;
 use samosachaat::store::{message_item, Conversation, Item, Message, MessageStatus};
-use samosachaat::time_fmt;
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;

@@ -19,10 +19,10 @@ use aws_sdk_dynamodb::types::{
     AttributeValue, Delete, DeleteRequest, Put, PutRequest, TransactWriteItem, WriteRequest,
 };
 use aws_sdk_dynamodb::Client;
+use samosachaat::foundation::time_fmt;
 use samosachaat::store::{
     classify, conversation_item, conversation_pk, message_item, Item, StoreError, META_SK,
 };
-use samosachaat::time_fmt;
 use uuid::Uuid;
 
 use crate::plan::Planned;

@@ -15,7 +15,7 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::AttributeValue;
 use common::{s, Item, Stack};
 use legacy::Postgres;
-use samosachaat::prompt::Role;
+use samosachaat::foundation::role::Role;
 use samosachaat::store::{Message, MessageStatus, Store};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -29,7 +29,7 @@ struct Out {
 /// A table of the test's own, created as the stack creates the functions'.
 async fn own_table(stack: &Stack) -> String {
     let table = format!("migrate-{}", Uuid::new_v4().simple());
-    samosachaat::schema::create_table(&stack.dynamodb, &table)
+    samosachaat::store::schema::create_table(&stack.dynamodb, &table)
         .await
         .expect("create the test's table");
     table
@@ -307,7 +307,7 @@ async fn catch_up_brings_changes_and_deletions_and_keeps_what_the_functions_chan
                 token_count: None,
                 model_tag: None,
                 inference_time_ms: None,
-                created_at: samosachaat::time_fmt::of_id(message_id),
+                created_at: samosachaat::foundation::time_fmt::of_id(message_id),
                 status: MessageStatus::Complete,
             },
             None,

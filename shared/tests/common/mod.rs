@@ -479,8 +479,9 @@ impl Stack {
     /// The functions' own state, built from the stack's configuration, for tests
     /// that drive the handlers in-process.
     pub fn app_state(&self) -> Arc<samosachaat::AppState> {
-        let config = samosachaat::config::Config::from_lookup(|k| self.env.get(k).cloned())
-            .expect("stack config");
+        let config =
+            samosachaat::foundation::config::Config::from_lookup(|k| self.env.get(k).cloned())
+                .expect("stack config");
         Arc::new(samosachaat::AppState::new(config, self.functions_dynamodb()).expect("state"))
     }
 

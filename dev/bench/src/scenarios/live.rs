@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use samosachaat::store::Conversation;
+use samosachaat::adapters::store::Conversation;
 use serde_json::Value;
 
 use crate::capacity::Units;
