@@ -487,3 +487,66 @@ async fn bad_requests_are_refused_and_write_nothing() {
         .expect("request");
     assert_eq!(anonymous.status(), 401);
 }
+
+/// SPEC 6, as the samosaChaat frontend meets it: it creates every conversation
+/// as "New chat". The first user message titles the conversation (its first 80
+/// characters) whatever title it was created with, unless the user renamed it.
+#[tokio::test]
+async fn the_first_message_titles_a_conversation_unless_the_user_renamed_it() {
+    let stack = Stack::get().await;
+    let user = stack.user();
+    let m = marker();
+    let first = format!("{m} how do I make samosa dough crisp and flaky, with ajwain, without it turning oily in the fryer?");
+    let expected: String = first.chars().take(80).collect();
+
+    for created_with in [
+        json!({"title": "New chat"}),
+        json!({}),
+        json!({"title": "Dinner"}),
+    ] {
+        let id = stack
+            .create_conversation_with(&user, created_with.clone())
+            .await;
+        stack.turn(&user, id, &first, &["Rest", " it"]).await;
+        let (_, got) = stack.get_conversation(&user, id).await;
+        assert_eq!(got["title"], json!(expected), "created with {created_with}");
+        // Later messages leave it.
+        stack
+            .turn(&user, id, &format!("{m} and the filling?"), &["Potato"])
+            .await;
+        let (_, got) = stack.get_conversation(&user, id).await;
+        assert_eq!(got["title"], json!(expected), "created with {created_with}");
+    }
+
+    // Renamed before its first message: the rename wins.
+    let id = stack
+        .create_conversation_with(&user, json!({"title": "New chat"}))
+        .await;
+    let (status, _) = call(
+        &stack,
+        &user,
+        reqwest::Method::PUT,
+        &format!("/api/conversations/{id}"),
+        Some(json!({"title": "Samosa research"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    stack.turn(&user, id, &first, &["Rest"]).await;
+    let (_, got) = stack.get_conversation(&user, id).await;
+    assert_eq!(got["title"], "Samosa research");
+
+    // Renamed after: the rename stands too.
+    let id = stack.create_conversation(&user).await;
+    stack.turn(&user, id, &first, &["Rest"]).await;
+    call(
+        &stack,
+        &user,
+        reqwest::Method::PUT,
+        &format!("/api/conversations/{id}"),
+        Some(json!({"title": "Later name"})),
+    )
+    .await;
+    stack.turn(&user, id, &format!("{m} again"), &["Ok"]).await;
+    let (_, got) = stack.get_conversation(&user, id).await;
+    assert_eq!(got["title"], "Later name");
+}

@@ -222,6 +222,7 @@ pub fn plan(c: &LegacyConversation, rows: &[LegacyMessage], now: OffsetDateTime)
         created_at: time_fmt::format(created_at),
         updated_at: time_fmt::format(updated_at),
         last_message_id: messages.last().map(|m| m.id),
+        renamed: false,
         live: None,
     };
     Planned {

@@ -12,7 +12,7 @@ use super::resume;
 use crate::adapters::api::{self, ResponseBody};
 use crate::adapters::metrics::Invocation;
 use crate::adapters::state::AppState;
-use crate::adapters::store::{Message, MessageStatus, DEFAULT_TITLE};
+use crate::adapters::store::{Message, MessageStatus};
 use crate::adapters::upstream::Turn;
 use crate::domain::answer::{Job, Persist};
 use crate::domain::prompt;
@@ -62,7 +62,7 @@ async fn prepare(state: &Arc<AppState>, req: &Request) -> Result<Prepared, ApiEr
             created_at: time_fmt::of_id(question),
             status: MessageStatus::Complete,
         };
-        let title = (ctx.recent.is_empty() && conversation.title == DEFAULT_TITLE)
+        let title = (ctx.recent.is_empty() && !conversation.renamed)
             .then(|| prompt::title_from(&message.content));
 
         let mut turns: Vec<Turn> = ctx.recent.iter().map(prompt::turn).collect();

@@ -27,6 +27,9 @@ pub struct Conversation {
     pub updated_at: String,
     #[serde(skip)]
     pub last_message_id: Option<Uuid>,
+    /// The user renamed it (`PUT`): its first message does not title it.
+    #[serde(skip)]
+    pub renamed: bool,
     /// The answer being generated, if any.
     #[serde(skip)]
     pub live: Option<LiveSlot>,
@@ -62,6 +65,7 @@ impl Store {
             created_at: now.clone(),
             updated_at: now,
             last_message_id: None,
+            renamed: false,
             live: None,
         };
         self.client
@@ -155,10 +159,11 @@ impl Store {
             .key("pk", s(conversation_pk(id)))
             .key("sk", s(META_SK))
             .condition_expression("attribute_exists(pk) AND user_id = :u")
-            .update_expression("SET title = :t, updated_at = :now")
+            .update_expression("SET title = :t, updated_at = :now, renamed = :renamed")
             .expression_attribute_values(":u", s(user.to_string()))
             .expression_attribute_values(":t", s(title))
             .expression_attribute_values(":now", s(now))
+            .expression_attribute_values(":renamed", AttributeValue::Bool(true))
             .return_values(ReturnValue::AllNew)
             .send()
             .await
@@ -267,6 +272,9 @@ pub fn conversation_item(c: &Conversation) -> Item {
     if let Some(last) = c.last_message_id {
         item.insert("last_message_id".to_owned(), s(last.to_string()));
     }
+    if c.renamed {
+        item.insert("renamed".to_owned(), AttributeValue::Bool(true));
+    }
     item
 }
 
@@ -280,6 +288,7 @@ pub fn conversation_from(item: &Item) -> Result<Conversation, StoreError> {
         created_at: string_attr(item, "created_at")?,
         updated_at: string_attr(item, "updated_at")?,
         last_message_id: str_attr(item, "last_message_id").and_then(|v| Uuid::parse_str(v).ok()),
+        renamed: matches!(item.get("renamed"), Some(AttributeValue::Bool(true))),
         live: LiveSlot::from_item(item),
     })
 }

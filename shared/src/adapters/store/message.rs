@@ -8,7 +8,6 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::conversation::conversation_from;
-use super::conversation::DEFAULT_TITLE;
 use super::{
     already_written, build_err, classify, conversation_pk, message_sk, n, num_attr, s, str_attr,
     string_attr, uuid_attr, Conversation, Item, SlotGuard, Store, StoreError, TxFailure, META_SK,
@@ -131,7 +130,8 @@ impl Store {
     }
 
     /// Stores a message at the end of the conversation and moves `updated_at`;
-    /// `title` is set too when given and the title is still the default.
+    /// `title` is set too when given, if this is the conversation's first
+    /// message and the user has not renamed it.
     pub async fn append_message(
         &self,
         user: Uuid,
@@ -176,11 +176,13 @@ impl Store {
             let mut condition = String::from("attribute_exists(pk) AND user_id = :u");
             let mut set = String::from("SET updated_at = :now, last_message_id = :mid");
             if let Some(t) = title {
-                condition.push_str(" AND title = :default");
+                // The first message titles the conversation, whatever title it
+                // was created with, unless the user renamed it (a rename wins).
+                condition.push_str(
+                    " AND attribute_not_exists(last_message_id) AND attribute_not_exists(renamed)",
+                );
                 set.push_str(", title = :t");
-                update = update
-                    .expression_attribute_values(":default", s(DEFAULT_TITLE))
-                    .expression_attribute_values(":t", s(t));
+                update = update.expression_attribute_values(":t", s(t));
             }
             update = guarded(update, condition, set, slot_condition, slot_update, slot);
             let mut items = vec![
@@ -195,8 +197,8 @@ impl Store {
                 Err(TxFailure::ConditionFailed(failed)) if already_written(&failed, 1) => {
                     return Ok(())
                 }
-                // The title condition failed (renamed meanwhile): keep the user's
-                // title and store the message anyway.
+                // The title's condition failed (renamed, or another first
+                // message, meanwhile): keep that title and store the message.
                 Err(TxFailure::ConditionFailed(_)) if title.is_some() => title = None,
                 Err(TxFailure::ConditionFailed(_)) => return Err(StoreError::NotFound),
                 Err(TxFailure::Store(e)) => return Err(e),
