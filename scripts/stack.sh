@@ -125,9 +125,10 @@ EOF
 cargo build --quiet -p mock-inference -p fault-proxy -p stack -p send -p regenerate -p conversations
 
 # In memory (a fresh database every start), one database whatever a client's
-# credentials and region (-sharedDb), no telemetry.
-start dynamodb java -Djava.library.path="$ddb/DynamoDBLocal_lib" -jar "$ddb/DynamoDBLocal.jar" \
-  -inMemory -sharedDb -disableTelemetry -port "$ddb_port"
+# credentials and region (-sharedDb), no telemetry. Run from the stack's
+# directory: it writes a metadata file where it starts.
+(cd "$dir" && start dynamodb java -Djava.library.path="$ddb/DynamoDBLocal_lib" -jar "$ddb/DynamoDBLocal.jar" \
+  -inMemory -sharedDb -disableTelemetry -port "$ddb_port")
 start inference "${CARGO_TARGET_DIR:-$root/target}/debug/mock-inference" --addr "127.0.0.1:$inf_port" --api-key "$api_key" --token-delay-ms "$token_ms"
 wait_http "http://127.0.0.1:$ddb_port/" 60 dynamodb
 start faults "${CARGO_TARGET_DIR:-$root/target}/debug/fault-proxy" --listen "127.0.0.1:$proxy_port" --upstream "http://127.0.0.1:$ddb_port"
