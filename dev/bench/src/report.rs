@@ -30,7 +30,9 @@ pub struct ShareRun {
     pub share: Share,
     /// `Some(why)` when the share could not be applied (ran unthrottled).
     pub unapplied: Option<String>,
-    /// The moto Query floor measured just before this share's warm runs (ms).
+    /// The DynamoDB floor measured just before this share's warm runs: the
+    /// send's first round trip (Query, slot claim, limit count side by side)
+    /// from the benchmark (ms).
     pub floor_ms: Vec<f64>,
     pub cold: Cold,
     pub warm: Warm,
@@ -54,7 +56,7 @@ impl ShareRun {
     fn over(&self, p: f64) -> f64 {
         pct(&self.warm.overhead_ms, p)
     }
-    /// The function's own share of the TTFT: overhead minus the Query floor.
+    /// The function's own share of the TTFT: overhead minus the DynamoDB floor.
     fn own(&self) -> f64 {
         self.over(50.0) - median(&self.floor_ms)
     }
@@ -69,7 +71,6 @@ impl ShareRun {
 pub struct Input<'a> {
     pub bin_dir: PathBuf,
     pub extra_env: &'a [(String, String)],
-    pub keep_alive: bool,
     pub shipped_mb: Option<u32>,
     pub runs: &'a [ShareRun],
     pub counts: &'a [Counted],
@@ -160,19 +161,8 @@ fn header(o: &mut String, i: &Input) {
     );
     let _ = writeln!(
         o,
-        "         moto_server (DynamoDB), mock-inference (release, token_delay_ms 0); \
-         each send on a fresh conversation"
-    );
-    let _ = writeln!(
-        o,
-        "         {}",
-        if i.keep_alive {
-            "DynamoDB connections kept open between requests, as DynamoDB does (moto closes \
-             each one; a front in the benchmark process hides that)"
-        } else {
-            "DynamoDB connections closed after every request, as moto does \
-             (--dynamodb-connections close)"
-        }
+        "         DynamoDB Local (in memory, connections kept open), mock-inference \
+         (release, token_delay_ms 0); each send on a fresh conversation"
     );
     let _ = writeln!(
         o,
@@ -269,7 +259,8 @@ fn power_table(o: &mut String, i: &Input) {
     let _ = writeln!(
         o,
         "  1st TTFT -direct: TTFT of a new process's first send minus the direct upstream TTFT; \
-         own -floor: warm TTFT overhead p50 minus the same share's moto Query p50"
+         own -floor: warm TTFT overhead p50 minus the same share's DynamoDB floor p50 \
+         (the send's Query, slot claim and limit count side by side, from the bench)"
     );
     let _ = writeln!(o, "  cost: {}", cost::assumptions());
     let _ = writeln!(o, "  prices: {}", cost::PRICES_TAKEN);
@@ -332,7 +323,7 @@ fn targets(o: &mut String, i: &Input) {
         TARGET_CPU_PER_SEND_MS,
     );
     row(
-        "TTFT overhead minus the Query floor, p50",
+        "TTFT overhead minus the DynamoDB floor, p50",
         r.own(),
         "ms",
         TARGET_OWN_MS,
@@ -358,9 +349,8 @@ fn targets(o: &mut String, i: &Input) {
 /// The function's own share of the TTFT, from the proxied (host) run: event →
 /// first DynamoDB request, last reply before the upstream call → upstream
 /// connection opened, and upstream opened → first token minus the direct TTFT.
-/// Unlike "overhead minus the Query floor" it does not assume one Query is all
-/// the function waits for (live answers make two concurrent requests, which moto
-/// serves one after the other).
+/// Unlike "overhead minus the DynamoDB floor" it does not assume the bench's
+/// round trip is the one the function waits for.
 fn own_from_proxies(i: &Input) -> Option<f64> {
     let phases: Vec<[f64; 4]> = i
         .counts
@@ -420,7 +410,7 @@ fn side_by_side(o: &mut String, i: &Input) {
     );
     line(
         o,
-        "  ours without the Query floor (theirs as is)",
+        "  ours without the DynamoDB floor (theirs as is)",
         py_floor_free,
         "ms",
         &|r| r.own(),
@@ -470,7 +460,7 @@ fn side_by_side(o: &mut String, i: &Input) {
     let _ = writeln!(
         o,
         "  python: process start to ready {:.0} ms; its TTFT overhead includes an in-process \
-         SQLite, ours a DynamoDB round trip (moto)",
+         SQLite, ours a DynamoDB round trip (DynamoDB Local)",
         p.ready_ms
     );
     if let Some(r) = shipped(i) {
@@ -583,7 +573,7 @@ fn details(o: &mut String, i: &Input) {
         line(o, "TTFT overhead (paired send - direct)", &w.overhead_ms);
         line(
             o,
-            "one DynamoDB Query from the bench (the floor)",
+            "DynamoDB floor: the send's round trip from the bench",
             &r.floor_ms,
         );
         line(
@@ -644,7 +634,7 @@ fn details(o: &mut String, i: &Input) {
         );
         let names = [
             "  event released -> first DynamoDB request sent",
-            "  -> last reply before the upstream call (moto)",
+            "  -> last reply before the upstream call (DynamoDB Local)",
             "  -> upstream connection opened",
             "  -> first token at the Runtime API",
         ];
