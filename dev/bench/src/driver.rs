@@ -380,71 +380,65 @@ impl Bench {
         })
     }
 
-    /// The floor under the TTFT overhead: the one DynamoDB round trip a send
-    /// waits for before its upstream call, issued from the benchmark the way the
-    /// function issues it: the chat Query (`Store::load_chat`), the live slot's
-    /// claim (`Store::claim_slot`) and the limit record's count
-    /// (`Store::count_request`) side by side, each sample on a fresh
+    /// One sample of the floor under the TTFT overhead: the one DynamoDB round
+    /// trip a send waits for before its upstream call, issued from the
+    /// benchmark the way the function issues it: the chat Query
+    /// (`Store::load_chat`), the live slot's claim (`Store::claim_slot`) and the
+    /// limit record's count (`Store::count_request`) side by side, on a fresh
     /// conversation of a fresh user as a send's; the time until the last of the
-    /// three answered (ms).
-    pub async fn round_trip_floor(&self, n: usize) -> Res<Vec<f64>> {
-        let mut times = Vec::new();
-        for i in 0..n + 5 {
-            let user = Uuid::new_v4();
-            let conversation = self
-                .store
-                .create_conversation(user, DEFAULT_TITLE, "default")
-                .await
-                .map_err(|e| e.to_string())?;
-            let answer = Uuid::now_v7();
-            let now = time::OffsetDateTime::now_utc();
-            let windows = Windows {
-                minute: now.unix_timestamp() / 60,
-                day: format!(
-                    "{:04}-{:02}-{:02}",
-                    now.year(),
-                    u8::from(now.month()),
-                    now.day()
-                ),
-                per_minute: 1000,
-                per_day: 10_000_000,
-                concurrent: 100,
-                expires_at: now.unix_timestamp() + 2 * 86_400,
-            };
-            let held = HeldAnswer {
-                answer,
-                conversation: conversation.id,
-            };
-            let deadline_ms = samosachaat::time_fmt::now_ms() + 600_000;
-            let t = Instant::now();
-            let (chat, claim, count) = tokio::join!(
-                self.store.load_chat(user, conversation.id, 51),
-                self.store
-                    .claim_slot(user, conversation.id, answer, deadline_ms),
-                self.store.count_request(user, &windows, answer, held),
-            );
-            let took = ms(t.elapsed());
-            chat.map_err(|e| e.to_string())?
-                .ok_or("floor: conversation not found")?;
-            claim.map_err(|e| e.to_string())?;
-            count.map_err(|e| e.to_string())?;
-            if i >= 5 {
-                times.push(took);
-            }
+    /// three answered (ms). What it made is deleted afterwards.
+    pub async fn floor_sample(&self) -> Res<f64> {
+        let user = Uuid::new_v4();
+        let conversation = self
+            .store
+            .create_conversation(user, DEFAULT_TITLE, "default")
+            .await
+            .map_err(|e| e.to_string())?;
+        let answer = Uuid::now_v7();
+        let now = time::OffsetDateTime::now_utc();
+        let windows = Windows {
+            minute: now.unix_timestamp() / 60,
+            day: format!(
+                "{:04}-{:02}-{:02}",
+                now.year(),
+                u8::from(now.month()),
+                now.day()
+            ),
+            per_minute: 1000,
+            per_day: 10_000_000,
+            concurrent: 100,
+            expires_at: now.unix_timestamp() + 2 * 86_400,
+        };
+        let held = HeldAnswer {
+            answer,
+            conversation: conversation.id,
+        };
+        let deadline_ms = samosachaat::time_fmt::now_ms() + 600_000;
+        let t = Instant::now();
+        let (chat, claim, count) = tokio::join!(
+            self.store.load_chat(user, conversation.id, 51),
             self.store
-                .delete_conversation(user, conversation.id)
-                .await
-                .map_err(|e| e.to_string())?;
-            self.dynamodb_client
-                .delete_item()
-                .table_name(TABLE)
-                .key("pk", AttributeValue::S(limit_pk(user)))
-                .key("sk", AttributeValue::S(LIMITS_SK.into()))
-                .send()
-                .await
-                .map_err(|e| format!("delete limit record: {e}"))?;
-        }
-        Ok(times)
+                .claim_slot(user, conversation.id, answer, deadline_ms),
+            self.store.count_request(user, &windows, answer, held),
+        );
+        let took = ms(t.elapsed());
+        chat.map_err(|e| e.to_string())?
+            .ok_or("floor: conversation not found")?;
+        claim.map_err(|e| e.to_string())?;
+        count.map_err(|e| e.to_string())?;
+        self.store
+            .delete_conversation(user, conversation.id)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.dynamodb_client
+            .delete_item()
+            .table_name(TABLE)
+            .key("pk", AttributeValue::S(limit_pk(user)))
+            .key("sk", AttributeValue::S(LIMITS_SK.into()))
+            .send()
+            .await
+            .map_err(|e| format!("delete limit record: {e}"))?;
+        Ok(took)
     }
 }
 

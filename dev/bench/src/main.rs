@@ -189,7 +189,6 @@ async fn run(args: &Args, dir: &Path) -> Res<String> {
             args.relay_tokens
         );
         let cold = scenarios::cold::run(&mut b, cgroup.as_ref(), args.cold_starts).await?;
-        let floor_ms = b.round_trip_floor(30).await?;
         let warm = scenarios::warm::run(
             &mut b,
             cgroup.as_ref(),
@@ -201,7 +200,6 @@ async fn run(args: &Args, dir: &Path) -> Res<String> {
         runs.push(ShareRun {
             share: *s,
             unapplied,
-            floor_ms,
             cold,
             warm,
         });

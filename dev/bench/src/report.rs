@@ -30,10 +30,6 @@ pub struct ShareRun {
     pub share: Share,
     /// `Some(why)` when the share could not be applied (ran unthrottled).
     pub unapplied: Option<String>,
-    /// The DynamoDB floor measured just before this share's warm runs: the
-    /// send's first round trip (Query, slot claim, limit count side by side)
-    /// from the benchmark (ms).
-    pub floor_ms: Vec<f64>,
     pub cold: Cold,
     pub warm: Warm,
 }
@@ -56,9 +52,17 @@ impl ShareRun {
     fn over(&self, p: f64) -> f64 {
         pct(&self.warm.overhead_ms, p)
     }
-    /// The function's own share of the TTFT: overhead minus the DynamoDB floor.
+    /// The function's own share of the TTFT: the median of each warm send's
+    /// overhead minus the DynamoDB floor sampled right after it.
     fn own(&self) -> f64 {
-        self.over(50.0) - median(&self.floor_ms)
+        let own: Vec<f64> = self
+            .warm
+            .overhead_ms
+            .iter()
+            .zip(&self.warm.floor_ms)
+            .map(|(over, floor)| over - floor)
+            .collect();
+        median(&own)
     }
     fn cpu_per_send_ms(&self) -> f64 {
         median(&self.warm.small_cpu_us) / 1000.0
@@ -259,8 +263,9 @@ fn power_table(o: &mut String, i: &Input) {
     let _ = writeln!(
         o,
         "  1st TTFT -direct: TTFT of a new process's first send minus the direct upstream TTFT; \
-         own -floor: warm TTFT overhead p50 minus the same share's DynamoDB floor p50 \
-         (the send's Query, slot claim and limit count side by side, from the bench)"
+         own -floor: p50 of each warm send's TTFT overhead minus the DynamoDB floor \
+         sampled right after it (the send's Query, slot claim and limit count side by side, \
+         from the bench)"
     );
     let _ = writeln!(o, "  cost: {}", cost::assumptions());
     let _ = writeln!(o, "  prices: {}", cost::PRICES_TAKEN);
@@ -574,7 +579,7 @@ fn details(o: &mut String, i: &Input) {
         line(
             o,
             "DynamoDB floor: the send's round trip from the bench",
-            &r.floor_ms,
+            &r.warm.floor_ms,
         );
         line(
             o,
