@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The benchmark of `send` as users feel it (not part of the test suite): builds the
-# release binaries, installs moto (scripts/bootstrap.sh) and the Python peer's
-# packages (its own setup.sh, from PyPI, into .tools/peer-venv), and runs
-# dev/bench, which starts its own moto DynamoDB server, mock inference server and
-# Lambda Runtime API, holds the function to Lambda's CPU share of each memory
-# size, and runs the peer beside it.
+# release binaries, installs DynamoDB Local (scripts/bootstrap.sh) and the Python
+# peer's packages (its own setup.sh, from PyPI, into .tools/peer-venv), and runs
+# dev/bench, which starts its own DynamoDB Local, mock inference server and
+# Lambda Runtime API (each on a free port), holds the function to Lambda's CPU
+# share of each memory size, and runs the peer beside it.
 #
 #   scripts/bench.sh [bench options, e.g. --memory 128,256 --period 20,100]
 #

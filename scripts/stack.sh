@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The local stack, real parts only: moto's DynamoDB server, the mock inference
-# server, and the three functions under `cargo lambda watch`.
+# The local stack, real parts only: DynamoDB Local (AWS's own DynamoDB engine),
+# the mock inference server, and the three functions under `cargo lambda watch`.
 #
 #   scripts/stack.sh up [dev|test]    start it (idempotent), print its env file
 #   scripts/stack.sh down [dev|test]  stop it
@@ -22,6 +22,7 @@ cd "$root"
 cmd="${1:-up}"
 profile="${2:-dev}"
 venv="$root/.tools/venv"
+ddb="$root/.tools/dynamodb-local"
 
 case "$profile" in
   dev)  fn_port=9000;  ddb_port=8765;  inf_port=8766; ping_ms=15000; deadline=270; concurrency=4;  token_ms=40; checkpoint_ms=1000; stale_ms=30000; log_format=text
@@ -123,7 +124,11 @@ EOF
 
 cargo build --quiet -p mock-inference -p fault-proxy -p stack -p send -p regenerate -p conversations
 
-start dynamodb "$venv/bin/moto_server" -H 127.0.0.1 -p "$ddb_port"
+# In memory (a fresh database every start), one database whatever a client's
+# credentials and region (-sharedDb), no telemetry. Run from the stack's
+# directory: it writes a metadata file where it starts.
+(cd "$dir" && start dynamodb java -Djava.library.path="$ddb/DynamoDBLocal_lib" -jar "$ddb/DynamoDBLocal.jar" \
+  -inMemory -sharedDb -disableTelemetry -port "$ddb_port")
 start inference "${CARGO_TARGET_DIR:-$root/target}/debug/mock-inference" --addr "127.0.0.1:$inf_port" --api-key "$api_key" --token-delay-ms "$token_ms"
 wait_http "http://127.0.0.1:$ddb_port/" 60 dynamodb
 start faults "${CARGO_TARGET_DIR:-$root/target}/debug/fault-proxy" --listen "127.0.0.1:$proxy_port" --upstream "http://127.0.0.1:$ddb_port"

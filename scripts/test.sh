@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Every test of the project on a fresh machine: installs the tools (PyPI), starts
-# the local test stack (moto DynamoDB, mock inference, cargo lambda watch), runs
-# format and lint checks, the Rust suites (unit, integration, end-to-end), the
-# template checks, and stops the stack.
+# Every test of the project on a fresh machine: installs the tools (npm, PyPI,
+# Debian), starts the local test stack (DynamoDB Local, mock inference, cargo
+# lambda watch), runs format and lint checks, the Rust suites (unit, integration,
+# end-to-end), the template checks, and stops the stack. Prints its elapsed time.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
+started=$SECONDS
+stack_up=0
+finish() {
+  [ "$stack_up" = 0 ] || scripts/stack.sh down test >/dev/null
+  echo "test.sh: $((SECONDS - started)) s in all"
+}
+trap finish EXIT
 
 scripts/bootstrap.sh
 # A run from a clean clone gains nothing from incremental artifacts; they would
@@ -21,25 +28,25 @@ else
   cargo test --workspace --test layers
 fi
 
-# A fresh test stack every run: moto's Query time grows with the whole table, so
-# a stack left over from earlier runs slows the end-to-end tests into timeouts.
+# A fresh test stack every run: DynamoDB Local runs in memory, so every run
+# starts from an empty table and the functions built from this tree.
 scripts/stack.sh down test >/dev/null 2>&1 || true
+stack_up=1
 scripts/stack.sh up test
 # The tests find the stack through STACK_DIR (a shifted stack has its own).
 shift_by="${STACK_PORT_SHIFT:-0}"
 export STACK_DIR="$root/.stack/test"
 [ "$shift_by" = 0 ] || STACK_DIR="$STACK_DIR-$shift_by"
-trap 'scripts/stack.sh down test >/dev/null' EXIT
 
 if [ -f template.yaml ]; then
   scripts/check-template.sh
 fi
 
-# Three suites run alone: first e2e_load (50 concurrent streams would starve the
-# other tests' requests on two cores; and moto copies every table on every
-# transaction, so it runs on the fresh, small table, before the rest fills it),
-# then e2e_limits (50 racing sends of one user, counted exactly), last
-# e2e_live_kill (it kills the stack's `send` processes).
+# Three suites run alone: e2e_load (100 streams, 50 at once, would starve the
+# other tests' requests on two cores into their deadlines), e2e_limits (50
+# racing sends of one user, counted exactly, against a burst limit other tests'
+# load must not slow past a minute window), last e2e_live_kill (it kills the
+# stack's `send` processes).
 status=0
 # Every run selects the whole workspace, so the features are unified the same way
 # and the test binaries are built once, not once per selection.

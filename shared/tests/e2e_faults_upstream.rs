@@ -117,6 +117,26 @@ async fn a_stream_that_never_ends_is_cut_at_the_deadline_and_its_part_kept() {
     assert_eq!(s(&messages[1], "token_count"), "2");
 }
 
+/// An upstream that streams more than an item can hold (DynamoDB refuses items
+/// over 400 KB; DynamoDB Local too) is cut where the answer would outgrow the
+/// relay's limit: the browser's text is what is stored, `incomplete`.
+#[tokio::test]
+async fn an_answer_too_large_to_store_is_cut_and_its_part_kept() {
+    let stack = Stack::get().await;
+    let (user, id, m) = stack.chat().await;
+    let token = "x".repeat(1000);
+    let tokens = vec![token.clone(); 400];
+    stack.scenario(json!({"match": m, "tokens": tokens})).await;
+    let stream = stack.send(&user, id, &format!("flood {m}")).await;
+    let kept = samosachaat::domain::relay::MAX_ANSWER_BYTES / 1000;
+    assert_eq!(stream.tokens().len(), kept);
+    stream.assert_failed_with("inference_interrupted");
+    let messages = stack.stored_messages(id).await;
+    assert_eq!(messages.len(), 2);
+    assert_eq!(s(&messages[1], "content"), token.repeat(kept));
+    assert_eq!(s(&messages[1], "status"), "incomplete");
+}
+
 /// The browser leaves at three moments; each time the answer is stored exactly
 /// as if it had stayed.
 #[tokio::test]

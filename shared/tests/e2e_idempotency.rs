@@ -109,6 +109,51 @@ async fn a_retry_while_running_is_409_and_a_different_body_is_422() {
     );
 }
 
+/// One key sent with two requests at the same moment (two conversations, so
+/// neither meets the other's live answer first): the key's record admits one,
+/// the other is refused 422 and writes nothing, and the upstream is called once.
+#[tokio::test]
+async fn racing_requests_with_one_key_run_once() {
+    let stack = Stack::get().await;
+    let (user, a, m) = stack.chat().await;
+    let b = stack.create_conversation(&user).await;
+    let key = format!("key-{m}");
+    stack
+        .scenario(json!({"match": m, "tokens": ["only", " once"], "first_token_delay_ms": 500}))
+        .await;
+    let (first, second) = tokio::join!(
+        post(
+            &stack,
+            &user,
+            "send",
+            a,
+            &key,
+            json!({"content": format!("a {m}")})
+        ),
+        post(
+            &stack,
+            &user,
+            "send",
+            b,
+            &key,
+            json!({"content": format!("b {m}")})
+        ),
+    );
+    let mut statuses = [first.status, second.status];
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses,
+        [200, 422],
+        "first: {:?}\nsecond: {:?}",
+        String::from_utf8_lossy(&first.raw),
+        String::from_utf8_lossy(&second.raw)
+    );
+    let (won, lost) = if first.status == 200 { (a, b) } else { (b, a) };
+    assert_eq!(stack.stored_messages(won).await.len(), 2);
+    assert!(stack.stored_messages(lost).await.is_empty());
+    assert_eq!(stack.upstream_requests(&m).await.len(), 1);
+}
+
 #[tokio::test]
 async fn a_retry_of_a_failed_send_replays_the_failure_without_a_second_message() {
     let stack = Stack::get().await;

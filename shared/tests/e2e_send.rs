@@ -1,5 +1,5 @@
 //! `send` end to end: the compiled function under `cargo lambda watch`, the mock
-//! upstream over HTTP, moto's DynamoDB server. Assertions are on what the browser
+//! upstream over HTTP, DynamoDB Local. Assertions are on what the browser
 //! receives and what the table holds.
 
 mod common;

@@ -1,5 +1,6 @@
-//! The store against the local DynamoDB server (moto), with every request the SDK
-//! sends counted by an interceptor.
+//! The store against the local DynamoDB server (DynamoDB Local, through the
+//! stack's fault proxy), with every request the SDK sends counted by an
+//! interceptor.
 
 mod common;
 
@@ -15,6 +16,7 @@ use samosachaat::adapters::store::{
     Store, StoreError, Windows, DEFAULT_TITLE,
 };
 use samosachaat::foundation::role::Role;
+use serde_json::Value;
 use uuid::Uuid;
 
 #[derive(Debug, Default, Clone)]
@@ -273,6 +275,83 @@ async fn concurrent_appends_all_land() {
             .len(),
         12
     );
+}
+
+/// A message write applied once and sent again (a retry whose idempotency
+/// token DynamoDB no longer holds) finds its own message: done, stored once.
+#[tokio::test]
+async fn a_message_written_twice_is_stored_once() {
+    let stack = Stack::get().await;
+    let (store, _) = counted_store(&stack).await;
+    let (user, conversation) = new_conversation(&store).await;
+    let m = message(&conversation, Role::User, "once");
+    for _ in 0..2 {
+        store
+            .append_message(user, &conversation, &m, None)
+            .await
+            .expect("append");
+    }
+    let messages = store.all_messages(conversation.id).await.expect("messages");
+    assert_eq!(messages.len(), 1, "{messages:?}");
+}
+
+/// DynamoDB refuses a write that meets a transaction in progress on its item
+/// (DynamoDB Local never does: it runs transactions one after another), so
+/// the fault proxy answers as DynamoDB would: a transaction is tried again by
+/// the store, a single-item write by the SDK, and both land.
+#[tokio::test]
+async fn writes_that_meet_a_transaction_in_progress_are_tried_again() {
+    let stack = Stack::get().await;
+    let (store, counter) = counted_store(&stack).await;
+    let (user, conversation) = new_conversation(&store).await;
+    let id = conversation.id.to_string();
+    for operation in ["TransactWriteItems", "UpdateItem"] {
+        stack
+            .fault(serde_json::json!({
+                "operation": operation, "body_contains": id,
+                "fault": "transaction_conflict", "times": 2,
+            }))
+            .await;
+    }
+    let before = counter.0.load(Ordering::SeqCst);
+    let m = message(&conversation, Role::User, "q");
+    store
+        .append_message(user, &conversation, &m, None)
+        .await
+        .expect("append");
+    let renamed = store
+        .rename(user, conversation.id, "renamed")
+        .await
+        .expect("rename");
+    assert_eq!(renamed.title, "renamed");
+    // Three attempts of each write, and the rename's read of the conversation.
+    assert_eq!(counter.0.load(Ordering::SeqCst) - before, 7);
+    let outcomes: Vec<(String, Value)> = stack
+        .fault_log(&id)
+        .await
+        .into_iter()
+        .filter(|e| e["operation"] != "PutItem" && e["operation"] != "GetItem")
+        .map(|e| {
+            (
+                e["operation"].as_str().unwrap_or("").to_owned(),
+                e["fault"].clone(),
+            )
+        })
+        .collect();
+    let conflict = Value::from("transaction_conflict");
+    assert_eq!(
+        outcomes,
+        [
+            ("TransactWriteItems".to_owned(), conflict.clone()),
+            ("TransactWriteItems".to_owned(), conflict.clone()),
+            ("TransactWriteItems".to_owned(), Value::Null),
+            ("UpdateItem".to_owned(), conflict.clone()),
+            ("UpdateItem".to_owned(), conflict),
+            ("UpdateItem".to_owned(), Value::Null),
+        ]
+    );
+    let stored = store.all_messages(conversation.id).await.expect("messages");
+    assert_eq!(stored.len(), 1);
 }
 
 fn replacing(last: Uuid) -> Replacing {

@@ -1,4 +1,4 @@
-//! The driver: the processes a run needs (moto, the mock upstream, the function
+//! The driver: the processes a run needs (DynamoDB Local, the mock upstream, the function
 //! under a share), and one send or one direct upstream call, timed the same way.
 //! Scenarios (`scenarios/`) are built from these.
 
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_dynamodb::types::AttributeValue;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use samosachaat::adapters::store::{limit_pk, Store, DEFAULT_TITLE, LIMITS_SK};
+use samosachaat::adapters::store::{limit_pk, HeldAnswer, Store, Windows, DEFAULT_TITLE, LIMITS_SK};
 use samosachaat::adapters::upstream::{ChatParams, InferenceRequest, Turn};
 use samosachaat::domain::prompt;
 use samosachaat::foundation::config::InferenceDefaults;
@@ -21,7 +21,6 @@ use tokio::net::TcpStream;
 use uuid::Uuid;
 
 use crate::http1::{Reader, Timeline};
-use crate::keepalive::Front;
 use crate::procs::{self, Proc};
 use crate::runtime_api::{Invoked, RuntimeApi};
 use crate::share::Cgroup;
@@ -54,8 +53,7 @@ pub struct Bench {
     pub user: Uuid,
     token: String,
     pub mock: SocketAddr,
-    /// Where the function and the benchmark reach DynamoDB: the keep-alive
-    /// front before moto, or moto itself.
+    /// Where the function and the benchmark reach DynamoDB (DynamoDB Local).
     pub dynamodb: SocketAddr,
     control: reqwest::Client,
     seq: usize,
@@ -68,8 +66,7 @@ pub struct Bench {
     /// `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`.
     pub memory_mb: Option<u32>,
     // Kept alive for the whole run.
-    _front: Option<Front>,
-    _moto: Proc,
+    _dynamodb: Proc,
     _mock: Proc,
 }
 
@@ -96,26 +93,15 @@ pub struct Function {
 }
 
 impl Bench {
-    /// Starts moto (behind the keep-alive front when `keep_alive`) and the mock
+    /// Starts DynamoDB Local (installed in `dynamodb_local`) and the mock
     /// upstream, and creates the table.
     pub async fn start(
         bin_dir: &Path,
-        moto_bin: &Path,
+        dynamodb_local: &Path,
         dir: &Path,
         extra: &[(String, String)],
-        keep_alive: bool,
     ) -> Res<Self> {
-        let (moto_proc, moto) = procs::moto(moto_bin, dir).await?;
-        let front = if keep_alive {
-            Some(
-                Front::start(moto)
-                    .await
-                    .map_err(|e| format!("keep-alive front: {e}"))?,
-            )
-        } else {
-            None
-        };
-        let dynamodb = front.as_ref().map_or(moto, |f| f.addr);
+        let (dynamodb_proc, dynamodb) = procs::dynamodb_local(dynamodb_local, dir).await?;
         let (mock_proc, mock) =
             procs::mock_inference(&bin_dir.join("mock-inference"), dir, API_KEY).await?;
         let conf = aws_sdk_dynamodb::Config::builder()
@@ -175,8 +161,7 @@ impl Bench {
             env,
             idempotency_key: false,
             memory_mb: None,
-            _front: front,
-            _moto: moto_proc,
+            _dynamodb: dynamodb_proc,
             _mock: mock_proc,
         })
     }
@@ -372,8 +357,8 @@ impl Bench {
                 text()
             ));
         }
-        // moto's Query time grows with the size of the table (it is not O(result)
-        // like DynamoDB's), so the table is kept to the conversation at hand.
+        // Every send meets the same table: the conversation at hand and nothing
+        // of earlier sends.
         self.store
             .delete_conversation(self.user, conversation.id)
             .await
@@ -395,31 +380,65 @@ impl Bench {
         })
     }
 
-    /// The floor under the TTFT overhead: the function's one Query before the
-    /// upstream call (`Store::load_chat`), issued from the benchmark (ms).
-    pub async fn query_floor(&self, n: usize) -> Res<Vec<f64>> {
+    /// One sample of the floor under the TTFT overhead: the one DynamoDB round
+    /// trip a send waits for before its upstream call, issued from the
+    /// benchmark the way the function issues it: the chat Query
+    /// (`Store::load_chat`), the live slot's claim (`Store::claim_slot`) and the
+    /// limit record's count (`Store::count_request`) side by side, on a fresh
+    /// conversation of a fresh user as a send's; the time until the last of the
+    /// three answered (ms). What it made is deleted afterwards.
+    pub async fn floor_sample(&self) -> Res<f64> {
+        let user = Uuid::new_v4();
         let conversation = self
             .store
-            .create_conversation(self.user, DEFAULT_TITLE, "default")
+            .create_conversation(user, DEFAULT_TITLE, "default")
             .await
             .map_err(|e| e.to_string())?;
-        let mut times = Vec::new();
-        for i in 0..n + 5 {
-            let t = Instant::now();
+        let answer = Uuid::now_v7();
+        let now = time::OffsetDateTime::now_utc();
+        let windows = Windows {
+            minute: now.unix_timestamp() / 60,
+            day: format!(
+                "{:04}-{:02}-{:02}",
+                now.year(),
+                u8::from(now.month()),
+                now.day()
+            ),
+            per_minute: 1000,
+            per_day: 10_000_000,
+            concurrent: 100,
+            expires_at: now.unix_timestamp() + 2 * 86_400,
+        };
+        let held = HeldAnswer {
+            answer,
+            conversation: conversation.id,
+        };
+        let deadline_ms = samosachaat::foundation::time_fmt::now_ms() + 600_000;
+        let t = Instant::now();
+        let (chat, claim, count) = tokio::join!(
+            self.store.load_chat(user, conversation.id, 51),
             self.store
-                .load_chat(self.user, conversation.id, 51)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or("floor: conversation not found")?;
-            if i >= 5 {
-                times.push(ms(t.elapsed()));
-            }
-        }
+                .claim_slot(user, conversation.id, answer, deadline_ms),
+            self.store.count_request(user, &windows, answer, held),
+        );
+        let took = ms(t.elapsed());
+        chat.map_err(|e| e.to_string())?
+            .ok_or("floor: conversation not found")?;
+        claim.map_err(|e| e.to_string())?;
+        count.map_err(|e| e.to_string())?;
         self.store
-            .delete_conversation(self.user, conversation.id)
+            .delete_conversation(user, conversation.id)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(times)
+        self.dynamodb_client
+            .delete_item()
+            .table_name(TABLE)
+            .key("pk", AttributeValue::S(limit_pk(user)))
+            .key("sk", AttributeValue::S(LIMITS_SK.into()))
+            .send()
+            .await
+            .map_err(|e| format!("delete limit record: {e}"))?;
+        Ok(took)
     }
 }
 

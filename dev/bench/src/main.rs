@@ -6,22 +6,20 @@
 //! bench [--memory host,128,256,512,1024] [--period 20[,100]] [--sends 40]
 //!       [--cold-starts 7] [--relay-tokens 5000] [--relay-runs 5] [--count-sends 10]
 //!       [--peer DIR | --no-peer] [--peer-python PATH] [--bin-dir target/release]
-//!       [--moto .tools/venv/bin/moto_server] [--dynamodb-connections keep|close]
-//!       [--keep] [--env K=V]...
+//!       [--dynamodb-local .tools/dynamodb-local] [--keep] [--env K=V]...
 //! ```
 //!
 //! Layout: `driver` (processes, one send, one direct upstream call), `share`
 //! (Lambda's CPU share and memory limit through cgroups), `scenarios/` (cold
 //! starts, warm sends and relays, DynamoDB requests, the Python peer), `report`
 //! and `cost` (the tables), and the wire pieces (`http1`, `runtime_api`,
-//! `proxy`, `keepalive`, `capacity`). `scripts/bench.sh` builds everything and runs it. Not
+//! `proxy`, `capacity`). `scripts/bench.sh` builds everything and runs it. Not
 //! part of the test suite: nothing here asserts a time.
 
 mod capacity;
 mod cost;
 mod driver;
 mod http1;
-mod keepalive;
 mod procs;
 mod proxy;
 mod report;
@@ -45,22 +43,19 @@ struct Args {
     relay_runs: usize,
     count_sends: usize,
     bin_dir: PathBuf,
-    moto: PathBuf,
+    /// Where DynamoDB Local is installed (`DynamoDBLocal.jar`).
+    dynamodb_local: PathBuf,
     /// The Python peer's directory and interpreter, unless `--no-peer`.
     peer: Option<(PathBuf, PathBuf)>,
     keep: bool,
     /// Extra environment of the function (`--env K=V`), for experiments.
     env: Vec<(String, String)>,
-    /// DynamoDB connections kept open between requests, as DynamoDB does
-    /// (`--dynamodb-connections keep`, the default), or closed after each, as
-    /// moto does (`close`).
-    keep_alive: bool,
 }
 
 const USAGE: &str = "usage: bench [--memory host,128,256,512,1024] [--period 20[,100]] \
     [--sends N] [--cold-starts N] [--relay-tokens N] [--relay-runs N] [--count-sends N] \
-    [--peer DIR | --no-peer] [--peer-python PATH] [--bin-dir DIR] [--moto PATH] \
-    [--dynamodb-connections keep|close] [--keep] [--env K=V]...";
+    [--peer DIR | --no-peer] [--peer-python PATH] [--bin-dir DIR] \
+    [--dynamodb-local DIR] [--keep] [--env K=V]...";
 
 fn parse_args() -> Res<Args> {
     let root = workspace_root();
@@ -78,11 +73,10 @@ fn parse_args() -> Res<Args> {
         relay_runs: 5,
         count_sends: 10,
         bin_dir: root.join("target/release"),
-        moto: root.join(".tools/venv/bin/moto_server"),
+        dynamodb_local: root.join(".tools/dynamodb-local"),
         peer: None,
         keep: false,
         env: Vec::new(),
-        keep_alive: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -100,15 +94,8 @@ fn parse_args() -> Res<Args> {
             "--no-peer" => peer_dir = None,
             "--peer-python" => peer_python = PathBuf::from(value()?),
             "--bin-dir" => a.bin_dir = PathBuf::from(value()?),
-            "--moto" => a.moto = PathBuf::from(value()?),
+            "--dynamodb-local" => a.dynamodb_local = PathBuf::from(value()?),
             "--keep" => a.keep = true,
-            "--dynamodb-connections" => {
-                a.keep_alive = match value()?.as_str() {
-                    "keep" => true,
-                    "close" => false,
-                    other => return Err(format!("--dynamodb-connections {other}: keep or close")),
-                }
-            }
             "--env" => {
                 let kv = value()?;
                 let (k, v) = kv
@@ -176,8 +163,8 @@ async fn run(args: &Args, dir: &Path) -> Res<String> {
             ));
         }
     }
-    eprintln!("bench: starting moto DynamoDB server and mock inference");
-    let mut b = Bench::start(&args.bin_dir, &args.moto, dir, &args.env, args.keep_alive).await?;
+    eprintln!("bench: starting DynamoDB Local and mock inference");
+    let mut b = Bench::start(&args.bin_dir, &args.dynamodb_local, dir, &args.env).await?;
 
     let mut runs = Vec::new();
     for (k, s) in args.shares.iter().enumerate() {
@@ -202,7 +189,6 @@ async fn run(args: &Args, dir: &Path) -> Res<String> {
             args.relay_tokens
         );
         let cold = scenarios::cold::run(&mut b, cgroup.as_ref(), args.cold_starts).await?;
-        let floor_ms = b.query_floor(30).await?;
         let warm = scenarios::warm::run(
             &mut b,
             cgroup.as_ref(),
@@ -214,7 +200,6 @@ async fn run(args: &Args, dir: &Path) -> Res<String> {
         runs.push(ShareRun {
             share: *s,
             unapplied,
-            floor_ms,
             cold,
             warm,
         });
@@ -275,7 +260,6 @@ async fn run(args: &Args, dir: &Path) -> Res<String> {
     Ok(report::render(&report::Input {
         bin_dir: args.bin_dir.clone(),
         extra_env: &args.env,
-        keep_alive: args.keep_alive,
         shipped_mb: template_memory(),
         runs: &runs,
         counts: &counts,

@@ -1,5 +1,5 @@
-//! The processes the benchmark runs: moto's DynamoDB server, the mock inference
-//! server and the function itself; and what /proc says about them.
+//! The processes the benchmark runs: DynamoDB Local, the mock inference server
+//! and the function itself; and what /proc says about them.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -57,22 +57,34 @@ fn log_file(dir: &Path, name: &str) -> std::io::Result<File> {
     File::create(dir.join(format!("{name}.log")))
 }
 
-/// `moto_server` on a free port; waits until it answers.
-pub async fn moto(bin: &Path, dir: &Path) -> Result<(Proc, SocketAddr), String> {
+/// DynamoDB Local (`DynamoDBLocal.jar` in `install`, run by `java`) in memory
+/// on a free port; waits until it answers.
+pub async fn dynamodb_local(install: &Path, dir: &Path) -> Result<(Proc, SocketAddr), String> {
     let port = free_port().map_err(|e| e.to_string())?;
-    let log = log_file(dir, "moto").map_err(|e| e.to_string())?;
-    let child = Command::new(bin)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+    let log = log_file(dir, "dynamodb-local").map_err(|e| e.to_string())?;
+    let jar = install.join("DynamoDBLocal.jar");
+    if !jar.is_file() {
+        return Err(format!(
+            "{} missing (run scripts/bootstrap.sh)",
+            jar.display()
+        ));
+    }
+    let child = Command::new("java")
+        .arg(format!(
+            "-Djava.library.path={}",
+            install.join("DynamoDBLocal_lib").display()
+        ))
+        .arg("-jar")
+        .arg(&jar)
+        .args(["-inMemory", "-sharedDb", "-disableTelemetry", "-port"])
+        .arg(port.to_string())
+        // It writes a metadata file where it starts.
+        .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
         .stderr(log)
         .spawn()
-        .map_err(|e| {
-            format!(
-                "cannot start {}: {e} (run scripts/bootstrap.sh)",
-                bin.display()
-            )
-        })?;
+        .map_err(|e| format!("cannot start java: {e} (run scripts/bootstrap.sh)"))?;
     let mut proc = Proc { child };
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let started = Instant::now();
@@ -82,12 +94,12 @@ pub async fn moto(bin: &Path, dir: &Path) -> Result<(Proc, SocketAddr), String> 
         }
         if let Some(status) = proc.exited() {
             return Err(format!(
-                "moto_server exited ({status}); log in {}",
+                "DynamoDB Local exited ({status}); log in {}",
                 dir.display()
             ));
         }
         if started.elapsed() > Duration::from_secs(60) {
-            return Err("moto_server did not listen within 60 s".into());
+            return Err("DynamoDB Local did not listen within 60 s".into());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -250,7 +250,7 @@ impl Message {
 }
 
 /// Splits one direction of a connection into HTTP/1.1 messages with
-/// `Content-Length` bodies (what the AWS SDK and moto send).
+/// `Content-Length` bodies (what the AWS SDK and DynamoDB Local send).
 #[derive(Default)]
 struct Splitter {
     buf: Vec<u8>,

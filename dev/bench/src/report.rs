@@ -30,8 +30,6 @@ pub struct ShareRun {
     pub share: Share,
     /// `Some(why)` when the share could not be applied (ran unthrottled).
     pub unapplied: Option<String>,
-    /// The moto Query floor measured just before this share's warm runs (ms).
-    pub floor_ms: Vec<f64>,
     pub cold: Cold,
     pub warm: Warm,
 }
@@ -54,9 +52,17 @@ impl ShareRun {
     fn over(&self, p: f64) -> f64 {
         pct(&self.warm.overhead_ms, p)
     }
-    /// The function's own share of the TTFT: overhead minus the Query floor.
+    /// The function's own share of the TTFT: the median of each warm send's
+    /// overhead minus the DynamoDB floor sampled right after it.
     fn own(&self) -> f64 {
-        self.over(50.0) - median(&self.floor_ms)
+        let own: Vec<f64> = self
+            .warm
+            .overhead_ms
+            .iter()
+            .zip(&self.warm.floor_ms)
+            .map(|(over, floor)| over - floor)
+            .collect();
+        median(&own)
     }
     fn cpu_per_send_ms(&self) -> f64 {
         median(&self.warm.small_cpu_us) / 1000.0
@@ -69,7 +75,6 @@ impl ShareRun {
 pub struct Input<'a> {
     pub bin_dir: PathBuf,
     pub extra_env: &'a [(String, String)],
-    pub keep_alive: bool,
     pub shipped_mb: Option<u32>,
     pub runs: &'a [ShareRun],
     pub counts: &'a [Counted],
@@ -160,19 +165,8 @@ fn header(o: &mut String, i: &Input) {
     );
     let _ = writeln!(
         o,
-        "         moto_server (DynamoDB), mock-inference (release, token_delay_ms 0); \
-         each send on a fresh conversation"
-    );
-    let _ = writeln!(
-        o,
-        "         {}",
-        if i.keep_alive {
-            "DynamoDB connections kept open between requests, as DynamoDB does (moto closes \
-             each one; a front in the benchmark process hides that)"
-        } else {
-            "DynamoDB connections closed after every request, as moto does \
-             (--dynamodb-connections close)"
-        }
+        "         DynamoDB Local (in memory, connections kept open), mock-inference \
+         (release, token_delay_ms 0); each send on a fresh conversation"
     );
     let _ = writeln!(
         o,
@@ -269,7 +263,9 @@ fn power_table(o: &mut String, i: &Input) {
     let _ = writeln!(
         o,
         "  1st TTFT -direct: TTFT of a new process's first send minus the direct upstream TTFT; \
-         own -floor: warm TTFT overhead p50 minus the same share's moto Query p50"
+         own -floor: p50 of each warm send's TTFT overhead minus the DynamoDB floor \
+         sampled right after it (the send's Query, slot claim and limit count side by side, \
+         from the bench)"
     );
     let _ = writeln!(o, "  cost: {}", cost::assumptions());
     let _ = writeln!(o, "  prices: {}", cost::PRICES_TAKEN);
@@ -332,7 +328,7 @@ fn targets(o: &mut String, i: &Input) {
         TARGET_CPU_PER_SEND_MS,
     );
     row(
-        "TTFT overhead minus the Query floor, p50",
+        "TTFT overhead minus the DynamoDB floor, p50",
         r.own(),
         "ms",
         TARGET_OWN_MS,
@@ -358,9 +354,8 @@ fn targets(o: &mut String, i: &Input) {
 /// The function's own share of the TTFT, from the proxied (host) run: event →
 /// first DynamoDB request, last reply before the upstream call → upstream
 /// connection opened, and upstream opened → first token minus the direct TTFT.
-/// Unlike "overhead minus the Query floor" it does not assume one Query is all
-/// the function waits for (live answers make two concurrent requests, which moto
-/// serves one after the other).
+/// Unlike "overhead minus the DynamoDB floor" it does not assume the bench's
+/// round trip is the one the function waits for.
 fn own_from_proxies(i: &Input) -> Option<f64> {
     let phases: Vec<[f64; 4]> = i
         .counts
@@ -420,7 +415,7 @@ fn side_by_side(o: &mut String, i: &Input) {
     );
     line(
         o,
-        "  ours without the Query floor (theirs as is)",
+        "  ours without the DynamoDB floor (theirs as is)",
         py_floor_free,
         "ms",
         &|r| r.own(),
@@ -470,7 +465,7 @@ fn side_by_side(o: &mut String, i: &Input) {
     let _ = writeln!(
         o,
         "  python: process start to ready {:.0} ms; its TTFT overhead includes an in-process \
-         SQLite, ours a DynamoDB round trip (moto)",
+         SQLite, ours a DynamoDB round trip (DynamoDB Local)",
         p.ready_ms
     );
     if let Some(r) = shipped(i) {
@@ -583,8 +578,8 @@ fn details(o: &mut String, i: &Input) {
         line(o, "TTFT overhead (paired send - direct)", &w.overhead_ms);
         line(
             o,
-            "one DynamoDB Query from the bench (the floor)",
-            &r.floor_ms,
+            "DynamoDB floor: the send's round trip from the bench",
+            &r.warm.floor_ms,
         );
         line(
             o,
@@ -644,7 +639,7 @@ fn details(o: &mut String, i: &Input) {
         );
         let names = [
             "  event released -> first DynamoDB request sent",
-            "  -> last reply before the upstream call (moto)",
+            "  -> last reply before the upstream call (DynamoDB Local)",
             "  -> upstream connection opened",
             "  -> first token at the Runtime API",
         ];

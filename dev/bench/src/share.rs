@@ -6,7 +6,7 @@
 //! quota (`cpu.cfs_quota_us = period × m / 1769`) in a child cgroup of our own,
 //! and `memory.limit_in_bytes = m MiB` in another. The function process joins
 //! both between fork and exec, so its init runs under the share too; the
-//! benchmark, moto and the mock upstream stay unthrottled.
+//! benchmark, DynamoDB Local and the mock upstream stay unthrottled.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;

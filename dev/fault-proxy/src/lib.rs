@@ -1,13 +1,15 @@
 //! A small HTTP/1.1 reverse proxy that sits between the AWS SDK and the local
-//! DynamoDB server (moto) and injects faults on chosen requests: throttling-style
-//! 400 `ProvisionedThroughputExceededException`, 500 `InternalFailure`, a
-//! connection reset without a response (before or after the upstream applied the
-//! request), or added latency.
+//! DynamoDB server (DynamoDB Local) and injects faults on chosen requests:
+//! throttling-style 400 `ProvisionedThroughputExceededException`, 500
+//! `InternalFailure`, a transaction conflict (which DynamoDB Local never
+//! produces), a connection reset without a response (before or after the
+//! upstream applied the request), or added latency.
 //!
 //! Requests are forwarded faithfully (method, path and query, headers except the
-//! hop-by-hop ones, body); responses come back the same way. Client connections
-//! are kept alive and upstream connections are pooled, so the proxy adds no more
-//! than a copy of each (small) body to a request that no rule touches.
+//! hop-by-hop ones, body) and side by side, as DynamoDB receives them; responses
+//! come back the same way. Client connections are kept alive and upstream
+//! connections are pooled, so the proxy adds no more than a copy of each (small)
+//! body to a request that no rule touches.
 //!
 //! The control API lives under `/__faults` on the same port (the SDK never uses
 //! that path); see the crate's README.
@@ -41,6 +43,7 @@ pub const LOG_CAPACITY: usize = 10_000;
 pub const THROTTLE_BODY: &str = r#"{"__type":"com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException","message":"The level of configured provisioned throughput for the table was exceeded."}"#;
 pub const ERROR500_BODY: &str =
     r#"{"__type":"com.amazon.coral.service#InternalFailure","message":"injected"}"#;
+pub const TRANSACTION_CONFLICT_BODY: &str = r#"{"__type":"com.amazonaws.dynamodb.v20120810#TransactionConflictException","message":"Transaction is ongoing for the item"}"#;
 const AMZ_JSON: &str = "application/x-amz-json-1.0";
 
 /// What a rule does to a request it fires on.
@@ -50,6 +53,11 @@ pub enum Fault {
     Throttle,
     /// 500 `InternalFailure`; not forwarded.
     Error500,
+    /// What DynamoDB answers a write that meets a transaction in progress on one
+    /// of its items: for `TransactWriteItems` a 400 `TransactionCanceledException`
+    /// whose first item's reason is `TransactionConflict`, for a single-item
+    /// write a 400 `TransactionConflictException`; not forwarded.
+    TransactionConflict,
     /// The client connection is reset (SO_LINGER 0) without a response; not forwarded.
     Reset,
     /// Forwarded (the upstream applies it), then the client connection is reset
@@ -64,6 +72,7 @@ impl Fault {
         match self {
             Self::Throttle => "throttle",
             Self::Error500 => "error500",
+            Self::TransactionConflict => "transaction_conflict",
             Self::Reset => "reset",
             Self::ResetAfter => "reset_after",
             Self::Latency(_) => "latency",
@@ -140,13 +149,6 @@ struct Proxy {
     upstream: Uri,
     client: Client<HttpConnector, Full<Bytes>>,
     faults: Mutex<Faults>,
-    /// moto applies a transaction item by item on shared dictionaries and, on an
-    /// error, restores a snapshot of the whole table: two requests in flight at
-    /// once can fail each other ("dictionary changed size during iteration") or
-    /// undo each other's writes. DynamoDB's transactions are atomic; forwarding
-    /// one write at a time, and reads only while no write is in flight, makes the
-    /// local server's so too. Reads go side by side: they only iterate.
-    serial: tokio::sync::RwLock<()>,
 }
 
 type Body = Full<Bytes>;
@@ -171,7 +173,6 @@ pub async fn serve(listener: TcpListener, upstream: Uri) -> io::Result<()> {
         upstream,
         client,
         faults: Mutex::new(Faults::default()),
-        serial: tokio::sync::RwLock::new(()),
     });
     loop {
         let (stream, _) = match listener.accept().await {
@@ -221,11 +222,7 @@ async fn handle(
         return Ok(control(&proxy, &parts.method, &parts.uri, &body));
     }
 
-    let operation = parts
-        .headers
-        .get("x-amz-target")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|t| t.rsplit_once('.').map(|(_, op)| op.to_owned()));
+    let operation = operation_of(&parts);
     let (fault, seq) = proxy.admit(operation, at_ms, &body);
 
     match fault {
@@ -236,6 +233,11 @@ async fn handle(
         Some(Fault::Error500) => {
             proxy.finish(seq, Some(500), None);
             Ok(amz_json(StatusCode::INTERNAL_SERVER_ERROR, ERROR500_BODY))
+        }
+        Some(Fault::TransactionConflict) => {
+            proxy.finish(seq, Some(400), None);
+            let body = transaction_conflict(operation_of(&parts).as_deref(), &body);
+            Ok(amz_json(StatusCode::BAD_REQUEST, &body))
         }
         Some(Fault::Reset) => {
             reset.notify_one();
@@ -265,6 +267,60 @@ async fn handle(
         }
         None => Ok(proxy.forward(seq, parts, body).await),
     }
+}
+
+/// The DynamoDB operation of a request: `X-Amz-Target` after the dot.
+fn operation_of(parts: &Parts) -> Option<String> {
+    parts
+        .headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.rsplit_once('.').map(|(_, op)| op.to_owned()))
+}
+
+/// DynamoDB's answer to a write that meets a transaction in progress: a
+/// transaction is cancelled with one reason per item (the first item's is the
+/// conflict), a single-item write fails on its own.
+fn transaction_conflict(operation: Option<&str>, body: &[u8]) -> String {
+    if operation != Some("TransactWriteItems") {
+        return TRANSACTION_CONFLICT_BODY.to_owned();
+    }
+    let items = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.get("TransactItems")
+                .and_then(Value::as_array)
+                .map(Vec::len)
+        })
+        .unwrap_or(1)
+        .max(1);
+    let reasons: Vec<Value> = (0..items)
+        .map(|i| {
+            if i == 0 {
+                json!({"Code": "TransactionConflict", "Message": "Transaction is ongoing for the item"})
+            } else {
+                json!({"Code": "None"})
+            }
+        })
+        .collect();
+    let names: Vec<&str> = (0..items)
+        .map(|i| {
+            if i == 0 {
+                "TransactionConflict"
+            } else {
+                "None"
+            }
+        })
+        .collect();
+    json!({
+        "__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
+        "message": format!(
+            "Transaction cancelled, please refer cancellation reasons for specific reasons [{}]",
+            names.join(", ")
+        ),
+        "CancellationReasons": reasons,
+    })
+    .to_string()
 }
 
 impl Proxy {
@@ -346,17 +402,6 @@ impl Proxy {
     }
 
     async fn exchange(&self, parts: &Parts, body: Bytes) -> Result<Response<Body>, String> {
-        let read = parts
-            .headers
-            .get("x-amz-target")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit('.').next())
-            .is_some_and(|op| matches!(op, "GetItem" | "Query" | "Scan" | "BatchGetItem"));
-        let _one_write_at_a_time = if read {
-            Err(self.serial.read().await)
-        } else {
-            Ok(self.serial.write().await)
-        };
         let mut uri = self.upstream.clone().into_parts();
         uri.path_and_query = parts.uri.path_and_query().cloned();
         let uri = Uri::from_parts(uri).map_err(|e| e.to_string())?;
@@ -471,13 +516,17 @@ fn parse_rule(body: &[u8]) -> Result<Rule, String> {
     let fault = match map.get("fault").and_then(Value::as_str) {
         Some("throttle") => Fault::Throttle,
         Some("error500") => Fault::Error500,
+        Some("transaction_conflict") => Fault::TransactionConflict,
         Some("reset") => Fault::Reset,
         Some("reset_after") => Fault::ResetAfter,
         Some("latency") => match latency {
             Some(ms) if ms <= 600_000 => Fault::Latency(ms),
             _ => return Err("latency_ms: 0..=600000 is required for latency".into()),
         },
-        _ => return Err("fault: one of throttle, error500, reset, reset_after, latency".into()),
+        _ => return Err(
+            "fault: one of throttle, error500, transaction_conflict, reset, reset_after, latency"
+                .into(),
+        ),
     };
     if latency.is_some() && !matches!(fault, Fault::Latency(_)) {
         return Err("latency_ms: only for the latency fault".into());

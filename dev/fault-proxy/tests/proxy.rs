@@ -61,6 +61,7 @@ async fn start() -> Harness {
                         let (parts, body) = req.into_parts();
                         let body = body.collect().await.unwrap().to_bytes();
                         let body = String::from_utf8_lossy(&body).into_owned();
+                        let slow = parts.uri.path() == "/slow";
                         state.seen.lock().unwrap().push(Seen {
                             method: parts.method.to_string(),
                             path: parts.uri.to_string(),
@@ -71,6 +72,9 @@ async fn start() -> Harness {
                                 .collect(),
                             body: body.clone(),
                         });
+                        if slow {
+                            tokio::time::sleep(Duration::from_millis(1500)).await;
+                        }
                         let out = json!({ "echo": body }).to_string();
                         let resp = Response::builder()
                             .status(if parts.uri.path() == "/teapot" {
@@ -286,6 +290,71 @@ async fn throttle_answers_the_dynamodb_error_without_forwarding() {
         body["__type"],
         "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException"
     );
+}
+
+#[tokio::test]
+async fn transaction_conflict_answers_as_dynamodb_does_without_forwarding() {
+    let h = start().await;
+    h.rule(json!({"body_contains": "conv-c", "fault": "transaction_conflict", "times": 2}))
+        .await;
+    let tx = r#"{"TransactItems":[{"Put":{"x":"conv-c"}},{"Update":{}},{"Delete":{}}]}"#;
+    let (status, body) = h.call("TransactWriteItems", tx).await.unwrap();
+    assert_eq!(status, 400);
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        body["__type"],
+        "com.amazonaws.dynamodb.v20120810#TransactionCanceledException"
+    );
+    let codes: Vec<&str> = body["CancellationReasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["Code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["TransactionConflict", "None", "None"]);
+    let (status, body) = h.call("UpdateItem", "conv-c").await.unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (400, fault_proxy::TRANSACTION_CONFLICT_BODY)
+    );
+    assert!(h.upstream.seen().is_empty());
+    assert_eq!(h.call("UpdateItem", "conv-c").await.unwrap().0, 200);
+}
+
+#[tokio::test]
+async fn writes_are_forwarded_side_by_side() {
+    // DynamoDB takes concurrent requests at once; so does the proxy: a write
+    // the upstream holds does not hold back another write.
+    let h = start().await;
+    let slow = {
+        let (http, proxy) = (h.http.clone(), h.proxy.clone());
+        tokio::spawn(async move {
+            http.post(format!("{proxy}/slow"))
+                .header("x-amz-target", "DynamoDB_20120810.TransactWriteItems")
+                .body("first")
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    let started = Instant::now();
+    while h.upstream.seen().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "never forwarded"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let second = tokio::time::timeout(
+        Duration::from_millis(1000),
+        h.call("TransactWriteItems", "second"),
+    )
+    .await
+    .expect("the second write waited for the first");
+    assert_eq!(second.unwrap().0, 200);
+    assert!(!slow.is_finished());
+    assert_eq!(slow.await.unwrap(), 200);
 }
 
 #[tokio::test]

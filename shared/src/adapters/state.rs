@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::adapters::auth::Verifier;
 use crate::adapters::metrics::{DynamoCounters, DynamoInterceptor};
-use crate::adapters::store::Store;
+use crate::adapters::store::{RetryTransactionConflicts, Store};
 use crate::adapters::upstream::InferenceClient;
 use crate::foundation::config::Config;
 
@@ -28,7 +28,8 @@ impl AppState {
     ///   (at most 0.2 + 0.4 + 0.8 s in all): throttling and 5xx/transport
     ///   failures are retried quickly enough that a user waiting for `done`
     ///   barely notices, and a throttled answer write gets four chances before
-    ///   the stream ends `persist_failed`;
+    ///   the stream ends `persist_failed`; so does a single-item write that met
+    ///   a transaction in progress on its item ([`RetryTransactionConflicts`]);
     /// - 1 s to connect, 3 s per attempt (a DynamoDB call takes milliseconds; an
     ///   attempt that hangs is abandoned and retried instead of holding the
     ///   stream), 10 s per operation including retries and backoff.
@@ -76,6 +77,7 @@ impl AppState {
         let dynamodb = aws_sdk_dynamodb::Client::from_conf(
             aws_sdk_dynamodb::config::Builder::from(&aws)
                 .interceptor(DynamoInterceptor(counters.clone()))
+                .retry_classifier(RetryTransactionConflicts)
                 .build(),
         );
         let mut state = Self::new(config, dynamodb)?;

@@ -20,6 +20,12 @@ use crate::adapters::upstream::sse::{Event, SseReader};
 use crate::adapters::upstream::{InferenceClient, InferenceRequest, StartError};
 
 const PING: &[u8] = b": ping\n\n";
+/// The most answer text (UTF-8 bytes) a relay takes. DynamoDB refuses an item
+/// over 400 KB, and the answer is stored as one item (and again in its
+/// idempotency record): an upstream that ignores `max_tokens` would otherwise
+/// stream an answer that can never be stored (`persist_failed`, nothing kept).
+/// 4096 tokens of a model's vocabulary are a small fraction of this.
+pub const MAX_ANSWER_BYTES: usize = 256 * 1024;
 
 /// The browser side of the stream. Sending never blocks and never fails: once the
 /// browser is gone the events are dropped and the work goes on.
@@ -261,6 +267,12 @@ async fn read_stream(
         for event in events.drain(..) {
             match event {
                 Event::Token { text, json } => {
+                    // Cut like a broken stream: what the browser got is stored
+                    // `incomplete`, and the upstream connection is closed.
+                    if outcome.content.len() + text.len() > MAX_ANSWER_BYTES {
+                        sink.flush();
+                        return Ending::Failed(Failure::Interrupted);
+                    }
                     outcome.content.push_str(&text);
                     outcome.token_count += 1;
                     sink.queue(&json);

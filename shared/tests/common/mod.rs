@@ -486,16 +486,16 @@ impl Stack {
     }
 
     /// A DynamoDB client on the functions' own path (through the fault proxy,
-    /// which also makes moto's transactions atomic): for every write a test
-    /// makes. A write straight to moto can be lost to a transaction running at
-    /// the same time (moto applies one to a copy of the table and swaps it in).
-    /// `self.dynamodb` reads the table directly.
+    /// and retrying transaction conflicts as the functions' client does): for
+    /// every write a test makes, so fault rules see it. `self.dynamodb` reads
+    /// the table directly.
     pub fn functions_dynamodb(&self) -> aws_sdk_dynamodb::Client {
         let conf = self
             .dynamodb
             .config()
             .to_builder()
             .endpoint_url(&self.env["AWS_ENDPOINT_URL_DYNAMODB"])
+            .retry_classifier(samosachaat::store::RetryTransactionConflicts)
             .build();
         aws_sdk_dynamodb::Client::from_conf(conf)
     }

@@ -11,6 +11,9 @@ pub struct Warm {
     pub direct_ttft_ms: Vec<f64>,
     pub send_ttft_ms: Vec<f64>,
     pub overhead_ms: Vec<f64>,
+    /// The DynamoDB floor, one sample right after each send
+    /// ([`Bench::floor_sample`]), so both meet the same moment's load.
+    pub floor_ms: Vec<f64>,
     pub small_cpu_us: Vec<f64>,
     pub small_duration_ms: Vec<f64>,
     /// Last token → end of the invocation (storing the answer), 5-token sends.
@@ -62,6 +65,7 @@ pub async fn run(
         direct_ttft_ms: Vec::new(),
         send_ttft_ms: Vec::new(),
         overhead_ms: Vec::new(),
+        floor_ms: Vec::new(),
         small_cpu_us: Vec::new(),
         small_duration_ms: Vec::new(),
         tail_ms: Vec::new(),
@@ -81,9 +85,11 @@ pub async fn run(
         let cpu = procs::cpu_ns(pid).unwrap_or(0);
         let run = b.send(&f.api, SMALL_TOKENS).await?;
         let cpu = procs::cpu_ns(pid).unwrap_or(0).saturating_sub(cpu);
+        let floor = b.floor_sample().await?;
         if i < WARMUP_SENDS {
             continue;
         }
+        w.floor_ms.push(floor);
         let send = ms(run.ttft());
         w.direct_ttft_ms.push(direct);
         w.send_ttft_ms.push(send);

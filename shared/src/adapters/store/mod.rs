@@ -157,6 +157,55 @@ impl Store {
     }
 }
 
+/// Makes the SDK retry a single-item write (PutItem, UpdateItem, DeleteItem)
+/// that DynamoDB refused with `TransactionConflictException`: the item was part
+/// of a transaction in progress (a message write, a replacement, a slot release
+/// on the conversation item), which ends within milliseconds. The SDK does not
+/// count that error as retryable, and without this a stop, a slot claim or a
+/// rename meeting a concurrent message write would fail the request.
+/// (Transactions that lose are retried by [`Store::transact`].)
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RetryTransactionConflicts;
+
+impl aws_smithy_runtime_api::client::retries::classifiers::ClassifyRetry
+    for RetryTransactionConflicts
+{
+    fn classify_retry(
+        &self,
+        ctx: &aws_smithy_runtime_api::client::interceptors::context::InterceptorContext,
+    ) -> aws_smithy_runtime_api::client::retries::classifiers::RetryAction {
+        use aws_sdk_dynamodb::operation::{
+            delete_item::DeleteItemError, put_item::PutItemError, update_item::UpdateItemError,
+        };
+        use aws_smithy_runtime_api::client::retries::classifiers::RetryAction;
+
+        let Some(Err(err)) = ctx.output_or_error() else {
+            return RetryAction::NoActionIndicated;
+        };
+        let Some(err) = err.as_operation_error() else {
+            return RetryAction::NoActionIndicated;
+        };
+        let conflict = err
+            .downcast_ref::<UpdateItemError>()
+            .is_some_and(UpdateItemError::is_transaction_conflict_exception)
+            || err
+                .downcast_ref::<PutItemError>()
+                .is_some_and(PutItemError::is_transaction_conflict_exception)
+            || err
+                .downcast_ref::<DeleteItemError>()
+                .is_some_and(DeleteItemError::is_transaction_conflict_exception);
+        if conflict {
+            RetryAction::transient_error()
+        } else {
+            RetryAction::NoActionIndicated
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "retry transaction conflicts"
+    }
+}
+
 /// How a transaction finally failed, after retries of contention.
 enum TxFailure {
     /// Which items' conditions failed, in the order they were sent.
