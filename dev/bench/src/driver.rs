@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_dynamodb::types::AttributeValue;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use samosachaat::adapters::store::{limit_pk, HeldAnswer, Store, Windows, DEFAULT_TITLE, LIMITS_SK};
+use samosachaat::adapters::store::{
+    limit_pk, HeldAnswer, Store, Windows, DEFAULT_TITLE, LIMITS_SK,
+};
 use samosachaat::adapters::upstream::{ChatParams, InferenceRequest, Turn};
 use samosachaat::domain::prompt;
 use samosachaat::foundation::config::InferenceDefaults;

@@ -16,12 +16,13 @@ use std::time::Duration;
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, Delete, DeleteRequest, Put, PutRequest, TransactWriteItem, WriteRequest,
+    AttributeValue, Delete, Put, PutRequest, TransactWriteItem, WriteRequest,
 };
 use aws_sdk_dynamodb::Client;
 use samosachaat::foundation::time_fmt;
 use samosachaat::store::{
-    classify, conversation_item, conversation_pk, message_item, Item, StoreError, META_SK,
+    classify, conversation_item, conversation_pk, delete_request, message_item, Item, Store,
+    StoreError, META_SK,
 };
 use uuid::Uuid;
 
@@ -36,7 +37,8 @@ const RUN_SK: &str = "LAST";
 const MIGRATED_VERSION: &str = "migrated_version";
 const MIGRATED_UPDATED_AT: &str = "migrated_updated_at";
 pub const BATCH_ITEMS: usize = 25;
-const BATCH_ATTEMPTS: u32 = 10;
+/// Attempts of a transaction that meets another on the same items.
+const TRANSACT_ATTEMPTS: u32 = 10;
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 fn s(v: impl Into<String>) -> AttributeValue {
@@ -92,6 +94,8 @@ pub struct Pushback {
 
 pub struct Target {
     client: Client,
+    /// The functions' store, for what the migration writes the same way.
+    store: Store,
     table: String,
     pub pushback: Pushback,
 }
@@ -99,6 +103,7 @@ pub struct Target {
 impl Target {
     pub fn new(client: Client, table: String) -> Self {
         Self {
+            store: Store::new(client.clone(), table.clone()),
             client,
             table,
             pushback: Pushback::default(),
@@ -193,57 +198,18 @@ impl Target {
         })
     }
 
-    /// Writes (puts and deletes) with BatchWriteItem, 25 at a time, retrying
-    /// what DynamoDB leaves unprocessed with exponential backoff.
-    pub async fn batch(&self, mut pending: Vec<WriteRequest>) -> Result<(), Failure> {
-        for attempt in 0..BATCH_ATTEMPTS {
-            if pending.is_empty() {
-                return Ok(());
-            }
-            if attempt > 0 {
-                self.pushback
-                    .unprocessed_retries
-                    .fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(backoff(attempt)).await;
-            }
-            let out = self
-                .client
-                .batch_write_item()
-                .request_items(&self.table, pending.clone())
-                .send()
-                .await;
-            let out = match out {
-                Ok(out) => out,
-                Err(e) => {
-                    let throttled = matches!(
-                        e.code(),
-                        Some(
-                            "ProvisionedThroughputExceededException"
-                                | "ThrottlingException"
-                                | "RequestLimitExceeded"
-                        )
-                    );
-                    if throttled && attempt + 1 < BATCH_ATTEMPTS {
-                        self.pushback.throttled.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    return Err(self.sdk_failure(e));
-                }
-            };
-            pending = out
-                .unprocessed_items()
-                .and_then(|m| m.get(&self.table))
-                .cloned()
-                .unwrap_or_default();
-        }
-        if pending.is_empty() {
-            Ok(())
-        } else {
-            Err(Failure::Target(format!(
-                "DynamoDB: {} writes still unprocessed after {BATCH_ATTEMPTS} attempts (throttled)",
-                pending.len()
-            )))
-        }
+    /// Writes (puts and deletes, 25 at most) with the store's BatchWriteItem,
+    /// which retries what DynamoDB leaves unprocessed with exponential backoff.
+    pub async fn batch(&self, requests: Vec<WriteRequest>) -> Result<(), Failure> {
+        let retries = self
+            .store
+            .batch_write(requests)
+            .await
+            .map_err(|e| self.failure(e))?;
+        self.pushback
+            .unprocessed_retries
+            .fetch_add(u64::from(retries), Ordering::Relaxed);
+        Ok(())
     }
 
     /// Makes the conversation visible as planned, with its ledger entry, only if
@@ -391,7 +357,7 @@ impl Target {
                     Some(TransactWriteItemsError::TransactionCanceledException(_))
                 );
             attempt += 1;
-            if contended && attempt < BATCH_ATTEMPTS {
+            if contended && attempt < TRANSACT_ATTEMPTS {
                 self.pushback.throttled.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(backoff(attempt)).await;
                 continue;
@@ -456,17 +422,7 @@ pub fn put_message(m: &samosachaat::store::Message) -> Result<WriteRequest, Fail
 pub fn delete_requests(items: &[Item]) -> Result<Vec<WriteRequest>, Failure> {
     items
         .iter()
-        .map(|k| {
-            let key: Item = ["pk", "sk"]
-                .iter()
-                .filter_map(|n| k.get(*n).map(|v| ((*n).to_owned(), v.clone())))
-                .collect();
-            DeleteRequest::builder()
-                .set_key(Some(key))
-                .build()
-                .map(|d| WriteRequest::builder().delete_request(d).build())
-                .map_err(build)
-        })
+        .map(|i| delete_request(i).map_err(|e| Failure::Target(format!("DynamoDB request: {e}"))))
         .collect()
 }
 

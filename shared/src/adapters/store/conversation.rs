@@ -2,14 +2,14 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, ReturnValue, WriteRequest};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use base64::Engine;
 use serde::Serialize;
 use uuid::Uuid;
 
 use super::{
-    backoff, classify, conversation_pk, s, str_attr, string_attr, uuid_attr, Item, LiveSlot, Store,
-    StoreError, BATCH_ATTEMPTS, CONV_PREFIX, META_SK, USER_INDEX,
+    classify, conversation_pk, delete_request, s, str_attr, string_attr, uuid_attr, Item, LiveSlot,
+    Store, StoreError, CONV_PREFIX, META_SK, USER_INDEX,
 };
 use crate::foundation::time_fmt;
 
@@ -216,41 +216,11 @@ impl Store {
     }
 
     pub(super) async fn batch_delete(&self, keys: &[Item]) -> Result<(), StoreError> {
-        let mut pending: Vec<WriteRequest> = keys
+        let requests = keys
             .iter()
-            .map(|k| {
-                let key = DeleteRequest::builder()
-                    .set_key(Some(k.clone()))
-                    .build()
-                    .map_err(|e| StoreError::Other(e.to_string()))?;
-                Ok(WriteRequest::builder().delete_request(key).build())
-            })
+            .map(delete_request)
             .collect::<Result<_, StoreError>>()?;
-        for attempt in 0..BATCH_ATTEMPTS {
-            if pending.is_empty() {
-                return Ok(());
-            }
-            if attempt > 0 {
-                tokio::time::sleep(backoff(attempt)).await;
-            }
-            let out = self
-                .client
-                .batch_write_item()
-                .request_items(&self.table, pending)
-                .send()
-                .await
-                .map_err(classify)?;
-            pending = out
-                .unprocessed_items()
-                .and_then(|m| m.get(&self.table))
-                .cloned()
-                .unwrap_or_default();
-        }
-        if pending.is_empty() {
-            Ok(())
-        } else {
-            Err(StoreError::Throttled("unprocessed deletes remain".into()))
-        }
+        self.batch_write(requests).await.map(|_| ())
     }
 }
 

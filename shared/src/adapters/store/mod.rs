@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem};
+use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, TransactWriteItem, WriteRequest};
 use aws_sdk_dynamodb::Client;
 use uuid::Uuid;
 
@@ -204,6 +204,55 @@ impl aws_smithy_runtime_api::client::retries::classifiers::ClassifyRetry
     fn name(&self) -> &'static str {
         "retry transaction conflicts"
     }
+}
+
+impl Store {
+    /// Puts and deletes (up to 25) in one BatchWriteItem, trying again with
+    /// backoff what DynamoDB leaves unprocessed. Returns how many retries that took.
+    pub async fn batch_write(&self, mut pending: Vec<WriteRequest>) -> Result<u32, StoreError> {
+        for attempt in 0..BATCH_ATTEMPTS {
+            if pending.is_empty() {
+                return Ok(attempt.saturating_sub(1));
+            }
+            if attempt > 0 {
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            let out = self
+                .client
+                .batch_write_item()
+                .request_items(&self.table, pending)
+                .send()
+                .await
+                .map_err(classify)?;
+            pending = out
+                .unprocessed_items()
+                .and_then(|m| m.get(&self.table))
+                .cloned()
+                .unwrap_or_default();
+        }
+        if pending.is_empty() {
+            Ok(BATCH_ATTEMPTS - 1)
+        } else {
+            Err(StoreError::Throttled(format!(
+                "{} batched writes still unprocessed",
+                pending.len()
+            )))
+        }
+    }
+}
+
+/// The delete of the item with this key (a key as a Query returns it; other
+/// attributes are left out).
+pub fn delete_request(item: &Item) -> Result<WriteRequest, StoreError> {
+    let key: Item = ["pk", "sk"]
+        .iter()
+        .filter_map(|n| item.get(*n).map(|v| ((*n).to_owned(), v.clone())))
+        .collect();
+    let delete = DeleteRequest::builder()
+        .set_key(Some(key))
+        .build()
+        .map_err(build_err)?;
+    Ok(WriteRequest::builder().delete_request(delete).build())
 }
 
 /// How a transaction finally failed, after retries of contention.
