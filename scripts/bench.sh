@@ -4,7 +4,8 @@
 # peer's packages (its own setup.sh, from PyPI, into .tools/peer-venv), and runs
 # dev/bench, which starts its own DynamoDB Local, mock inference server and
 # Lambda Runtime API (each on a free port), holds the function to Lambda's CPU
-# share of each memory size, and runs the peer beside it.
+# share of each memory size, and runs the peer beside it; then the migration's
+# benchmark (scripts/bench-migrate.sh; BENCH_MIGRATION=0 skips it).
 #
 #   scripts/bench.sh [bench options, e.g. --memory 128,256 --period 20,100]
 #
@@ -31,4 +32,10 @@ fi
 cargo build --release --quiet -p send -p regenerate -p conversations -p mock-inference
 cargo build --release --quiet -p bench
 release="${CARGO_TARGET_DIR:-$root/target}/release"
-exec "$release/bench" --bin-dir "$release" --peer "$peer" --peer-python "$root/.tools/peer-venv/bin/python" "$@"
+"$release/bench" --bin-dir "$release" --peer "$peer" --peer-python "$root/.tools/peer-venv/bin/python" "$@"
+# Then the migration's: messages per second and peak memory for 10,000 and
+# 100,000 messages (docs/cutover.md). BENCH_MIGRATION=0 skips it.
+if [ "${BENCH_MIGRATION:-1}" != 0 ]; then
+  echo
+  scripts/bench-migrate.sh
+fi
