@@ -344,14 +344,16 @@ async fn delete_removes_every_item_of_a_long_conversation() {
 async fn a_send_to_a_deleted_conversation_stores_nothing() {
     let stack = Stack::get().await;
     let (user, id, m) = stack.chat().await;
-    // The conversation is deleted while the upstream is still thinking.
+    // The conversation is deleted while the upstream is still thinking: once
+    // the send holds the conversation's live slot (a fixed wait lost the race
+    // to a slow machine, where the delete came first and the send met a 404).
     stack
-        .scenario(json!({"match": m, "tokens": ["late"], "headers_delay_ms": 800}))
+        .scenario(json!({"match": m, "tokens": ["late"], "headers_delay_ms": 2000}))
         .await;
     let content = format!("doomed {m}");
     let send = stack.send(&user, id, &content);
     let delete = async {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(stack.went_live(id).await, "the send never went live");
         call(
             &stack,
             &user,
