@@ -35,7 +35,8 @@ use crate::relay::{Interrupt, Sink, Watch};
 use crate::state::AppState;
 
 use crate::store::{
-    Checkpoint, Conversation, LiveSlot, MessageStatus, SlotClaim, SlotState, Store, StoreError,
+    Checkpoint, Conversation, HeldAnswer, LiveSlot, MessageStatus, SlotClaim, SlotState, Store,
+    StoreError,
 };
 use crate::time_fmt;
 
@@ -98,7 +99,7 @@ async fn settle_as(
     match liveness {
         Liveness::Live => Ok(false),
         liveness => {
-            let settled = state.store.settle(conversation, slot).await?;
+            let settled = settle_and_release(state, conversation, slot).await?;
             if settled && liveness == Liveness::Dead {
                 warn!(conversation_id = %conversation.id, answer_id = %slot.id,
                       "live answer of a dead function settled");
@@ -106,6 +107,33 @@ async fn settle_as(
             Ok(true)
         }
     }
+}
+
+/// Settles the answer ([`Store::settle`]) and, if this request did, gives its
+/// place among its user's generating answers back: its function died before
+/// it could (or ended without releasing it), and nothing else would until the
+/// user's set is next full.
+async fn settle_and_release(
+    state: &AppState,
+    conversation: &Conversation,
+    slot: &LiveSlot,
+) -> Result<bool, StoreError> {
+    let settled = state.store.settle(conversation, slot).await?;
+    if settled {
+        let held = HeldAnswer {
+            answer: slot.id,
+            conversation: conversation.id,
+        };
+        let released = state
+            .store
+            .release_answers(conversation.user_id, &[held], &[], &[])
+            .await;
+        // The full set's check still frees it.
+        if let Err(e) = released {
+            warn!(error = %e, "generating place of a settled answer not given back");
+        }
+    }
+    Ok(settled)
 }
 
 /// Claims the conversation's live slot for a new answer. A dead answer holding
@@ -386,7 +414,7 @@ impl Reader {
             }
         };
         if let Some(current) = current.filter(|c| c.live.as_ref().map(|s| s.id) == Some(slot.id)) {
-            if let Err(e) = state.store.settle(&current, slot).await {
+            if let Err(e) = settle_and_release(state, &current, slot).await {
                 warn!(error = %e, "dead live answer not settled");
                 return interrupted(sink);
             }

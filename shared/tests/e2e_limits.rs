@@ -395,6 +395,32 @@ async fn a_dead_functions_place_is_freed_by_the_next_send() {
     assert_eq!(refused.status, 429, "{:?}", refused.events);
 }
 
+/// A dead answer (its function died mid-answer: its place held, its
+/// conversation's slot claimed, nothing checkpointed) met by a read of its
+/// conversation: the read settles it (its slot freed) and gives its place
+/// back, instead of leaving it held until the user's set is next full.
+#[tokio::test]
+async fn a_dead_answer_settled_by_a_read_gives_its_place_back() {
+    let stack = Stack::get().await;
+    let user = stack.user();
+    let id = stack.create_conversation(&user).await;
+    let dead = hold_elsewhere(&stack, &user, 0, &[id]).await;
+
+    let (status, _) = stack.get_conversation(&user, id).await;
+    assert_eq!(status, 200);
+    assert!(!stack
+        .all_items(id)
+        .await
+        .iter()
+        .any(|i| i.contains_key("live_id")));
+    assert_eq!(
+        held(&record(&stack, &user).await),
+        Vec::<String>::new(),
+        "the place of settled answer {} is still held",
+        dead[0]
+    );
+}
+
 #[tokio::test]
 async fn refusals_for_other_reasons_and_replays_do_not_count() {
     let stack = Stack::get().await;
