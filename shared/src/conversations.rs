@@ -16,7 +16,7 @@ use crate::live;
 use crate::metrics::Invocation;
 use crate::prompt::DEFAULT_TITLE;
 use crate::state::AppState;
-use crate::store::{CursorOr, StoreError};
+use crate::store::{CursorOr, HeldAnswer, StoreError};
 
 pub const MAX_TITLE_CHARS: usize = 500;
 pub const MAX_MODEL_TAG_CHARS: usize = 100;
@@ -171,12 +171,24 @@ async fn rename(
 }
 
 async fn delete(state: &AppState, user: Uuid, id: Uuid) -> Result<Response<Body>, ApiError> {
-    state
+    let live = state
         .store
         .delete_conversation(user, id)
         .await
         .map_err(not_found)?;
     info!(conversation_id = %id, user_id = %user, "conversation deleted");
+    // The answer generating there ends with its conversation. A live function
+    // gives its place back when it notices (again, harmlessly); a dead one never
+    // would, and no request can meet its answer any more.
+    if let Some(answer) = live {
+        let held = HeldAnswer {
+            answer,
+            conversation: id,
+        };
+        if let Err(e) = state.store.release_answers(user, &[held], &[], &[]).await {
+            warn!(error = %e, "generating place of a deleted conversation not given back");
+        }
+    }
     Ok(api::empty_response(StatusCode::NO_CONTENT))
 }
 
