@@ -114,9 +114,9 @@ enum Op {
 }
 
 const OPS: &[(Op, u64)] = &[
-    (Op::Send, 26),
-    (Op::Regenerate, 9),
-    (Op::Retry, 6),
+    (Op::Send, 22),
+    (Op::Regenerate, 7),
+    (Op::Retry, 5),
     (Op::Stop, 9),
     (Op::Resume, 8),
     (Op::Get, 10),
@@ -242,6 +242,9 @@ struct UserState {
     /// scenario matches it).
     last_sent: HashMap<Uuid, String>,
     keyed: Vec<Keyed>,
+    /// Refused by a limit: until then most of the user's chat operations turn
+    /// into other ones (a browser waits out `Retry-After`; some do not).
+    paused_until: Option<Instant>,
 }
 
 #[derive(Default, Clone)]
@@ -396,7 +399,17 @@ async fn client_loop(run: Arc<Run>, user: usize, client: usize) {
     let mut rng =
         Rng::new(run.settings.seed ^ (client as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407));
     while run.started.elapsed() < run.settings.duration {
-        let op = Op::choose(&mut rng);
+        let mut op = Op::choose(&mut rng);
+        let paused = run.state[user]
+            .lock()
+            .expect("user")
+            .paused_until
+            .is_some_and(|t| t > Instant::now());
+        if paused && matches!(op, Op::Send | Op::Regenerate | Op::Retry) && rng.chance(85) {
+            op = *rng
+                .pick(&[Op::Stop, Op::Resume, Op::Get, Op::List])
+                .expect("op");
+        }
         match op {
             Op::Send | Op::Regenerate => chat(&run, user, client, op, &mut rng).await,
             Op::Retry => retry(&run, user, client, &mut rng).await,
@@ -416,10 +429,10 @@ async fn client_loop(run: Arc<Run>, user: usize, client: usize) {
 async fn upstream_scenario(run: &Run, rng: &mut Rng, content: &str) -> &'static str {
     let tokens: Vec<String> = (0..rng.range(4, 30)).map(|i| format!(" t{i}")).collect();
     let (name, scenario) = match rng.range(0, 100) {
-        0..=39 => return "default",
-        40..=59 => (
+        0..=34 => return "default",
+        35..=59 => (
             "slow tokens",
-            json!({"tokens": tokens, "token_delay_ms": rng.range(80, 300)}),
+            json!({"tokens": tokens, "token_delay_ms": rng.range(80, 350)}),
         ),
         60..=67 => ("http 500", json!({"status": 500})),
         68..=72 => ("http 503", json!({"status": 503})),
@@ -576,6 +589,17 @@ async fn read_stream(
         }
         Ok(mut resp) => {
             seen.status = resp.status().as_u16();
+            if seen.status == 429 {
+                let wait = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(5)
+                    .min(60);
+                run.state[user].lock().expect("user").paused_until =
+                    Some(Instant::now() + Duration::from_secs(wait));
+            }
             seen.head_ms = run.ms();
             seen.head_unix = unix_now();
             let mut buf = Vec::new();
@@ -886,11 +910,8 @@ async fn killer(run: Arc<Run>) {
         .next()
         .and_then(|p| p.parse().ok())
         .unwrap_or(0);
-    // Wait (at most 20 s) for an instance with an upstream connection open.
-    for _ in 0..200 {
-        if run.started.elapsed() >= run.settings.duration {
-            break;
-        }
+    // Wait for an instance with an upstream connection open.
+    while run.started.elapsed() < run.settings.duration {
         if let Some(pid) = generating_sends(&port, upstream_port).first() {
             let killed = std::process::Command::new("kill")
                 .args(["-KILL", pid])
