@@ -30,7 +30,7 @@ use crate::relay::{self, Ending, Interrupt, Outcome, Sink, Timing};
 use crate::state::AppState;
 use crate::store::{
     ChatContext, Claim, Conversation, IdempotencyKey, Message, MessageStatus, Replacing, Replay,
-    SlotGuard, StoreError,
+    SlotGuard, SlotState, StoreError,
 };
 use crate::time_fmt;
 
@@ -717,6 +717,20 @@ async fn conclude(
         invoked.answer(Some(&outcome), end, false);
         return;
     }
+    // The answer's write found its conversation deleted: an append says so; a
+    // regeneration's failed condition reads like a lost race, and one read of
+    // the slot tells the two apart.
+    let deleted_under = match (job.persist, &stored) {
+        (Persist::Append, Some(Err(StoreError::NotFound))) => true,
+        (Persist::Replace(_), Some(Err(StoreError::Conflict))) => matches!(
+            job.state
+                .store
+                .slot_state(job.conversation.id, job.answer, true)
+                .await,
+            Ok(SlotState::Gone)
+        ),
+        _ => false,
+    };
     // Nothing stored: the slot, the record (if any) and the last checkpoint end
     // on their own.
     let error = match (&stored, failure) {
@@ -724,7 +738,9 @@ async fn conclude(
             warn!(error = %e, "answer not stored");
             match (e, failure) {
                 (_, Some(failure)) => Some(failure),
-                (StoreError::Conflict, None) => Some(json!({ "error": "conflict" })),
+                (StoreError::Conflict, None) if !deleted_under => {
+                    Some(json!({ "error": "conflict" }))
+                }
                 (_, None) => Some(json!({ "error": "persist_failed" })),
             }
         }
@@ -740,11 +756,7 @@ async fn conclude(
         sink.event(event);
     }
     // The conversation was deleted under the answer: nobody can resume it.
-    let gone = outcome.ending == Ending::Interrupted(Interrupt::Gone)
-        || matches!(
-            (job.persist, &stored),
-            (Persist::Append, Some(Err(StoreError::NotFound)))
-        );
+    let gone = outcome.ending == Ending::Interrupted(Interrupt::Gone) || deleted_under;
     let deleted = outcome.ending == Ending::Interrupted(Interrupt::Gone);
     invoked.answer(Some(&outcome), &end, deleted);
     if gone {
