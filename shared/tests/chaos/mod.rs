@@ -9,6 +9,15 @@
 //! Every choice a client makes comes from its own PRNG, seeded from the run's
 //! seed and the client's number, so a seed replays the same operations in the
 //! same order per client (the interleaving between clients follows timing).
+//!
+//! What it found, each now a targeted test: a function that dies mid-answer
+//! (here the killed instance) and whose conversation is then deleted held its
+//! user's generating place until the user's set was next full, and so did a
+//! dead answer settled by a read (`e2e_limits`); a regeneration whose final
+//! write met a delete ended `conflict` and left its last checkpoint in the
+//! deleted partition (`e2e_live`); a delete whose response was lost after
+//! DynamoDB applied it left the conversation's messages behind
+//! (`e2e_faults_dynamodb`). See `docs/reliability.md`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -276,6 +285,9 @@ struct Run {
     stack: Arc<Stack>,
     settings: Settings,
     users: Vec<User>,
+    /// Each user's current token and when it was made: the stack's tokens live
+    /// 10 minutes, a run may last longer, and the frontend refreshes its own.
+    tokens: Vec<Mutex<(Instant, String)>>,
     state: Vec<Mutex<UserState>>,
     journal: Mutex<Journal>,
     started: Instant,
@@ -299,6 +311,11 @@ impl Run {
     fn note(&self, client: usize, op: Op, conversation: Option<Uuid>, outcome: &str) {
         let mut j = self.journal.lock().expect("journal");
         j.count(op, outcome);
+        // Every request carries a valid token.
+        if outcome == "401" {
+            let what = format!("{} {conversation:?}: 401 with a valid token", op.name());
+            j.server_errors.push(what);
+        }
         let conv = conversation.map_or_else(|| "-".to_owned(), |c| c.to_string());
         let line = format!(
             "{:>8} ms client {client} {} {conv} -> {outcome}",
@@ -306,6 +323,22 @@ impl Run {
             op.name()
         );
         j.log.push(line);
+    }
+
+    /// The user's token, made again once it is five minutes old.
+    fn token(&self, user: usize) -> String {
+        let mut held = self.tokens[user].lock().expect("token");
+        if held.0.elapsed() > Duration::from_secs(300) {
+            *held = (Instant::now(), self.stack.token(self.users[user].id));
+        }
+        held.1.clone()
+    }
+
+    fn user(&self, user: usize) -> User {
+        User {
+            id: self.users[user].id,
+            token: self.token(user),
+        }
     }
 
     fn server_error(&self, what: String) {
@@ -329,6 +362,10 @@ pub async fn run(stack: Arc<Stack>, settings: Settings) -> (String, Vec<String>)
     let users: Vec<User> = (0..settings.users).map(|_| stack.user()).collect();
     let run = Arc::new(Run {
         stack: stack.clone(),
+        tokens: users
+            .iter()
+            .map(|u| Mutex::new((Instant::now(), u.token.clone())))
+            .collect(),
         users,
         state: (0..settings.users).map(|_| Mutex::default()).collect(),
         journal: Mutex::default(),
@@ -384,7 +421,7 @@ pub async fn run(stack: Arc<Stack>, settings: Settings) -> (String, Vec<String>)
     tokio::time::sleep(Duration::from_millis(stale.max(deadline) + 2000)).await;
     let created: Vec<(usize, Uuid)> = run.journal.lock().expect("journal").created.clone();
     for (user, id) in &created {
-        let (status, _) = stack.get_conversation(&run.users[*user], *id).await;
+        let (status, _) = stack.get_conversation(&run.user(*user), *id).await;
         if status >= 500 {
             run.server_error(format!("settling GET {id}: {status}"));
         }
@@ -547,7 +584,7 @@ async fn stream(
             route,
             &format!("/api/conversations/{conversation}/{action}"),
         ))
-        .bearer_auth(&run.users[user].token)
+        .bearer_auth(run.token(user))
         .json(&body);
     if let Some(key) = &key {
         req = req.header("Idempotency-Key", key);
@@ -685,7 +722,7 @@ async fn stop(run: &Run, user: usize, client: usize, rng: &mut Rng) {
     };
     let resp = run
         .stack
-        .stop_req(&run.users[user], &conversation.to_string())
+        .stop_req(&run.user(user), &conversation.to_string())
         .send()
         .await;
     let outcome = status_of(run, Op::Stop, conversation, resp).await;
@@ -703,7 +740,7 @@ async fn resume(run: &Run, user: usize, client: usize, rng: &mut Rng) {
             run.stack
                 .url("send", &format!("/api/conversations/{conversation}/stream")),
         )
-        .bearer_auth(&run.users[user].token);
+        .bearer_auth(run.token(user));
     let leave_after = rng.chance(25).then(|| rng.range(0, 4) as usize);
     read_stream(
         run,
@@ -742,7 +779,7 @@ async fn status_of(
 
 async fn crud(run: &Run, user: usize, client: usize, op: Op, rng: &mut Rng) {
     let stack = &run.stack;
-    let token = &run.users[user].token;
+    let token = &run.token(user);
     let conversation = match op {
         Op::Create | Op::List => None,
         _ => match run.conversation(user, rng) {
@@ -859,6 +896,7 @@ async fn dynamo_fault(run: &Run, user: usize, client: usize, rng: &mut Rng) {
             "GetItem",
             "PutItem",
             "BatchWriteItem",
+            "DeleteItem",
         ])
         .expect("operation");
     let fault = *rng
