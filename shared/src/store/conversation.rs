@@ -174,7 +174,7 @@ impl Store {
         user: Uuid,
         id: Uuid,
     ) -> Result<Option<Uuid>, StoreError> {
-        let out = self
+        let deleted = self
             .client
             .delete_item()
             .table_name(&self.table)
@@ -185,13 +185,43 @@ impl Store {
             .return_values(ReturnValue::AllOld)
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(classify);
+        let out = match deleted {
+            Ok(out) => out,
+            // Missing, or another user's. It may also be this very delete, an
+            // earlier attempt applied and its response lost (the SDK retried
+            // it): once the conversation item is gone, whatever its partition
+            // still holds belongs to no conversation, so it goes too.
+            Err(StoreError::NotFound) => {
+                if self.conversation_item_gone(id).await? {
+                    self.delete_messages(id).await?;
+                }
+                return Err(StoreError::NotFound);
+            }
+            Err(e) => return Err(e),
+        };
         let live = out
             .attributes()
             .and_then(|item| str_attr(item, "live_id"))
             .and_then(|v| Uuid::parse_str(v).ok());
         self.delete_messages(id).await?;
         Ok(live)
+    }
+
+    /// No conversation item, whoever's (one strongly consistent GetItem).
+    async fn conversation_item_gone(&self, id: Uuid) -> Result<bool, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(conversation_pk(id)))
+            .key("sk", s(META_SK))
+            .projection_expression("pk")
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(out.item().is_none())
     }
 
     async fn delete_messages(&self, id: Uuid) -> Result<(), StoreError> {
