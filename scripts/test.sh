@@ -42,25 +42,29 @@ if [ -f template.yaml ]; then
   scripts/check-template.sh
 fi
 
-# Three suites run alone: e2e_load (100 streams, 50 at once, would starve the
+# Four suites run alone: e2e_load (100 streams, 50 at once, would starve the
 # other tests' requests on two cores into their deadlines), e2e_limits (50
 # racing sends of one user, counted exactly, against a burst limit other tests'
-# load must not slow past a minute window), last e2e_live_kill (it kills the
-# stack's `send` processes).
+# load must not slow past a minute window), after the rest e2e_chaos (a minute
+# of randomized load that kills a `send` instance), last e2e_live_kill (it kills
+# the stack's `send` processes).
 status=0
 # Every run selects the whole workspace, so the features are unified the same way
 # and the test binaries are built once, not once per selection.
-alone='binary(e2e_load) | binary(e2e_limits) | binary(e2e_live_kill)'
+alone='binary(e2e_load) | binary(e2e_limits) | binary(e2e_chaos) | binary(e2e_live_kill)'
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast -E 'binary(e2e_load)' || status=$?
   cargo nextest run --workspace --no-fail-fast -E 'binary(e2e_limits)' || status=$?
   cargo nextest run --workspace --no-fail-fast --test-threads 8 -E "not ($alone)" || status=$?
+  cargo nextest run --workspace --no-fail-fast --no-capture -E 'binary(e2e_chaos)' || status=$?
   cargo nextest run --workspace --no-fail-fast -E 'binary(e2e_live_kill)' || status=$?
 else
   cargo test --workspace --test e2e_load || status=$?
   cargo test --workspace --test e2e_limits || status=$?
   cargo test --workspace --no-fail-fast -- --skip a_killed_function --skip fifty_concurrent \
-    --skip racing --skip dead_functions_place --skip do_not_count || status=$?
+    --skip racing --skip dead_functions_place --skip do_not_count --skip randomized_run \
+    --skip dead_answer || status=$?
+  cargo test --workspace --test e2e_chaos -- --nocapture || status=$?
   cargo test --workspace --test e2e_live_kill || status=$?
 fi
 exit "$status"

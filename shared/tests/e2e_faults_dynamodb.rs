@@ -484,3 +484,48 @@ async fn query_throttled_on_every_attempt_is_a_503_and_writes_nothing() {
         .iter()
         .all(|e| e["fault"] == "throttle" && e["status"] == 400));
 }
+
+/// The conversation delete applied by DynamoDB, its response lost (the
+/// connection reset after it): the SDK's retry finds the conversation gone and
+/// the user is told 404, as for any missing conversation; its messages must not
+/// stay behind (they have no TTL), nor can it be read again.
+#[tokio::test]
+async fn reset_after_an_applied_conversation_delete_leaves_nothing() {
+    let stack = Stack::get().await;
+    let (user, id, m) = stack.chat().await;
+    stack
+        .turn(&user, id, &format!("kept {m}"), &["an", " answer"])
+        .await;
+    stack
+        .fault(json!({
+            "operation": "DeleteItem", "body_contains": id.to_string(),
+            "fault": "reset_after",
+        }))
+        .await;
+    let resp = stack
+        .http
+        .delete(stack.url("conversations", &format!("/api/conversations/{id}")))
+        .bearer_auth(&user.token)
+        .send()
+        .await
+        .expect("delete");
+    assert!(
+        [204, 404].contains(&resp.status().as_u16()),
+        "{}",
+        resp.status()
+    );
+    let log = stack.fault_log(&id.to_string()).await;
+    assert!(
+        log.iter()
+            .any(|e| e["operation"] == "DeleteItem" && e["fault"] == "reset_after"),
+        "{log:?}"
+    );
+    let left: Vec<String> = stack
+        .all_items(id)
+        .await
+        .iter()
+        .map(|i| s(i, "sk"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_eq!(stack.get_conversation(&user, id).await.0, 404);
+}

@@ -395,6 +395,62 @@ async fn a_dead_functions_place_is_freed_by_the_next_send() {
     assert_eq!(refused.status, 429, "{:?}", refused.events);
 }
 
+/// The interleaving the randomized run found (`docs/reliability.md`): the
+/// function generating an answer dies (its place held, its conversation's slot
+/// claimed, nothing checkpointed), then the user deletes the conversation.
+/// Nothing can meet that answer again (its conversation is gone), so its place
+/// stayed held until the user's set was next full. The delete gives it back.
+#[tokio::test]
+async fn a_dead_answers_place_is_given_back_when_its_conversation_is_deleted() {
+    let stack = Stack::get().await;
+    let user = stack.user();
+    let id = stack.create_conversation(&user).await;
+    let dead = hold_elsewhere(&stack, &user, 0, &[id]).await;
+    assert_eq!(held(&record(&stack, &user).await).len(), 1);
+
+    let resp = stack
+        .http
+        .delete(stack.url("conversations", &format!("/api/conversations/{id}")))
+        .bearer_auth(&user.token)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(resp.status(), 204);
+    assert!(stack.all_items(id).await.is_empty());
+    assert_eq!(
+        held(&record(&stack, &user).await),
+        Vec::<String>::new(),
+        "the place of dead answer {} is still held",
+        dead[0]
+    );
+}
+
+/// A dead answer (its function died mid-answer: its place held, its
+/// conversation's slot claimed, nothing checkpointed) met by a read of its
+/// conversation: the read settles it (its slot freed) and gives its place
+/// back, instead of leaving it held until the user's set is next full.
+#[tokio::test]
+async fn a_dead_answer_settled_by_a_read_gives_its_place_back() {
+    let stack = Stack::get().await;
+    let user = stack.user();
+    let id = stack.create_conversation(&user).await;
+    let dead = hold_elsewhere(&stack, &user, 0, &[id]).await;
+
+    let (status, _) = stack.get_conversation(&user, id).await;
+    assert_eq!(status, 200);
+    assert!(!stack
+        .all_items(id)
+        .await
+        .iter()
+        .any(|i| i.contains_key("live_id")));
+    assert_eq!(
+        held(&record(&stack, &user).await),
+        Vec::<String>::new(),
+        "the place of settled answer {} is still held",
+        dead[0]
+    );
+}
+
 #[tokio::test]
 async fn refusals_for_other_reasons_and_replays_do_not_count() {
     let stack = Stack::get().await;

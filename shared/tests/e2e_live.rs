@@ -321,6 +321,68 @@ async fn deleting_a_conversation_mid_answer_stops_it_and_leaves_nothing() {
     assert_eq!(stop(&stack, &user, &id.to_string()).await.0, 404);
 }
 
+/// A regeneration whose final write meets a delete: the upstream is done
+/// before the generating function's next look at its slot, and its answer's
+/// transaction (held back by the fault proxy) arrives after the delete. Its
+/// failed condition looks like a lost race (`conflict`); the answer's last
+/// checkpoint, written on its own after it, outlived the delete in the
+/// conversation's partition.
+#[tokio::test]
+async fn a_regeneration_whose_final_write_meets_a_delete_leaves_nothing() {
+    let stack = Stack::get().await;
+    let (user, id, m) = stack.chat().await;
+    let content = format!("regen-doomed {m}");
+    stack.turn(&user, id, &content, &["first"]).await;
+    stack
+        .scenario(json!({"match": content, "tokens": ["second", " answer"]}))
+        .await;
+    stack
+        .fault(json!({
+            "operation": "TransactWriteItems", "body_contains": id.to_string(),
+            "fault": "latency", "latency_ms": 2000,
+        }))
+        .await;
+    let regenerating = in_background(
+        stack
+            .http
+            .post(stack.url("regenerate", &format!("/api/conversations/{id}/regenerate")))
+            .bearer_auth(&user.token)
+            .json(&json!({})),
+    );
+    // The answer's write is held in the proxy once its transaction arrived.
+    assert!(
+        eventually(WAIT, || async {
+            stack
+                .fault_log(&id.to_string())
+                .await
+                .iter()
+                .any(|e| e["fault"] == "latency")
+        })
+        .await,
+        "the answer's write never came"
+    );
+    let resp = stack
+        .http
+        .delete(stack.url("conversations", &format!("/api/conversations/{id}")))
+        .bearer_auth(&user.token)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(resp.status(), 204);
+    let stream = regenerating.await.expect("stream");
+    stream.assert_failed_with("persist_failed");
+    assert!(
+        eventually(WAIT, || async { stack.all_items(id).await.is_empty() }).await,
+        "left behind: {:?}",
+        stack
+            .all_items(id)
+            .await
+            .iter()
+            .map(|i| s(i, "sk"))
+            .collect::<Vec<_>>()
+    );
+}
+
 #[tokio::test]
 async fn list_order_and_created_at_agree() {
     let stack = Stack::get().await;

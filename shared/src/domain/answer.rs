@@ -19,7 +19,8 @@ use crate::adapters::api::{self, ResponseBody};
 use crate::adapters::metrics::{self, Answer, Invocation};
 use crate::adapters::state::AppState;
 use crate::adapters::store::{
-    Conversation, IdempotencyKey, Message, MessageStatus, Replacing, Replay, SlotGuard, StoreError,
+    Conversation, IdempotencyKey, Message, MessageStatus, Replacing, Replay, SlotGuard, SlotState,
+    StoreError,
 };
 use crate::adapters::upstream::InferenceRequest;
 use crate::domain::limits::Admission;
@@ -350,6 +351,20 @@ async fn conclude(
         invoked.answer(Some(&outcome), end, false);
         return;
     }
+    // The answer's write found its conversation deleted: an append says so; a
+    // regeneration's failed condition reads like a lost race, and one read of
+    // the slot tells the two apart.
+    let deleted_under = match (job.persist, &stored) {
+        (Persist::Append, Some(Err(StoreError::NotFound))) => true,
+        (Persist::Replace(_), Some(Err(StoreError::Conflict))) => matches!(
+            job.state
+                .store
+                .slot_state(job.conversation.id, job.answer, true)
+                .await,
+            Ok(SlotState::Gone)
+        ),
+        _ => false,
+    };
     // Nothing stored: the slot, the record (if any) and the last checkpoint end
     // on their own.
     let error = match (&stored, failure) {
@@ -357,7 +372,9 @@ async fn conclude(
             warn!(error = %e, "answer not stored");
             match (e, failure) {
                 (_, Some(failure)) => Some(failure),
-                (StoreError::Conflict, None) => Some(json!({ "error": "conflict" })),
+                (StoreError::Conflict, None) if !deleted_under => {
+                    Some(json!({ "error": "conflict" }))
+                }
                 (_, None) => Some(json!({ "error": "persist_failed" })),
             }
         }
@@ -373,11 +390,7 @@ async fn conclude(
         sink.event(event);
     }
     // The conversation was deleted under the answer: nobody can resume it.
-    let gone = outcome.ending == Ending::Interrupted(Interrupt::Gone)
-        || matches!(
-            (job.persist, &stored),
-            (Persist::Append, Some(Err(StoreError::NotFound)))
-        );
+    let gone = outcome.ending == Ending::Interrupted(Interrupt::Gone) || deleted_under;
     let deleted = outcome.ending == Ending::Interrupted(Interrupt::Gone);
     invoked.answer(Some(&outcome), &end, deleted);
     if gone {

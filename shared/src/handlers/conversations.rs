@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::adapters::api;
 use crate::adapters::metrics::Invocation;
 use crate::adapters::state::AppState;
-use crate::adapters::store::{CursorOr, StoreError, DEFAULT_TITLE};
+use crate::adapters::store::{CursorOr, HeldAnswer, StoreError, DEFAULT_TITLE};
 use crate::domain::live;
 use crate::foundation::error::ApiError;
 use crate::handlers::stop;
@@ -171,12 +171,24 @@ async fn rename(
 }
 
 async fn delete(state: &AppState, user: Uuid, id: Uuid) -> Result<Response<Body>, ApiError> {
-    state
+    let live = state
         .store
         .delete_conversation(user, id)
         .await
         .map_err(not_found)?;
     info!(conversation_id = %id, user_id = %user, "conversation deleted");
+    // The answer generating there ends with its conversation. A live function
+    // gives its place back when it notices (again, harmlessly); a dead one never
+    // would, and no request can meet its answer any more.
+    if let Some(answer) = live {
+        let held = HeldAnswer {
+            answer,
+            conversation: id,
+        };
+        if let Err(e) = state.store.release_answers(user, &[held], &[], &[]).await {
+            warn!(error = %e, "generating place of a deleted conversation not given back");
+        }
+    }
     Ok(api::empty_response(StatusCode::NO_CONTENT))
 }
 

@@ -175,18 +175,61 @@ impl Store {
 
     /// Deletes the conversation item first (so no message write can succeed after
     /// it: every one is conditional on it), then every message in batches.
-    pub async fn delete_conversation(&self, user: Uuid, id: Uuid) -> Result<(), StoreError> {
-        self.client
+    /// Returns the answer that held its live slot, if one did (its place among
+    /// the user's generating answers is the caller's to give back).
+    pub async fn delete_conversation(
+        &self,
+        user: Uuid,
+        id: Uuid,
+    ) -> Result<Option<Uuid>, StoreError> {
+        let deleted = self
+            .client
             .delete_item()
             .table_name(&self.table)
             .key("pk", s(conversation_pk(id)))
             .key("sk", s(META_SK))
             .condition_expression("attribute_exists(pk) AND user_id = :u")
             .expression_attribute_values(":u", s(user.to_string()))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(classify);
+        let out = match deleted {
+            Ok(out) => out,
+            // Missing, or another user's. It may also be this very delete, an
+            // earlier attempt applied and its response lost (the SDK retried
+            // it): once the conversation item is gone, whatever its partition
+            // still holds belongs to no conversation, so it goes too.
+            Err(StoreError::NotFound) => {
+                if self.conversation_item_gone(id).await? {
+                    self.delete_messages(id).await?;
+                }
+                return Err(StoreError::NotFound);
+            }
+            Err(e) => return Err(e),
+        };
+        let live = out
+            .attributes()
+            .and_then(|item| str_attr(item, "live_id"))
+            .and_then(|v| Uuid::parse_str(v).ok());
+        self.delete_messages(id).await?;
+        Ok(live)
+    }
+
+    /// No conversation item, whoever's (one strongly consistent GetItem).
+    async fn conversation_item_gone(&self, id: Uuid) -> Result<bool, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(conversation_pk(id)))
+            .key("sk", s(META_SK))
+            .projection_expression("pk")
+            .consistent_read(true)
             .send()
             .await
             .map_err(classify)?;
-        self.delete_messages(id).await
+        Ok(out.item().is_none())
     }
 
     async fn delete_messages(&self, id: Uuid) -> Result<(), StoreError> {

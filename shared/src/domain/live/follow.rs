@@ -150,7 +150,7 @@ impl Reader {
             }
         };
         if let Some(current) = current.filter(|c| c.live.as_ref().map(|s| s.id) == Some(slot.id)) {
-            if let Err(e) = state.store.settle(&current, slot).await {
+            if let Err(e) = super::settle::settle_and_release(state, &current, slot).await {
                 warn!(error = %e, "dead live answer not settled");
                 return interrupted(sink);
             }

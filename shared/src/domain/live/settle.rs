@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::adapters::state::AppState;
 use crate::adapters::store::{
-    Checkpoint, Conversation, LiveSlot, Message, MessageStatus, StoreError,
+    Checkpoint, Conversation, HeldAnswer, LiveSlot, Message, MessageStatus, StoreError,
 };
 use crate::foundation::role::Role;
 use crate::foundation::time_fmt;
@@ -51,6 +51,33 @@ fn liveness(state: &AppState, slot: &LiveSlot, newest: Option<&Checkpoint>) -> L
     }
 }
 
+/// Settles the answer ([`crate::adapters::store::Store::settle`]) and, if this
+/// request did, gives its place among its user's generating answers back: its
+/// function died before it could (or ended without releasing it), and nothing
+/// else would until the user's set is next full.
+pub async fn settle_and_release(
+    state: &AppState,
+    conversation: &Conversation,
+    slot: &LiveSlot,
+) -> Result<bool, StoreError> {
+    let settled = state.store.settle(conversation, slot).await?;
+    if settled {
+        let held = HeldAnswer {
+            answer: slot.id,
+            conversation: conversation.id,
+        };
+        let released = state
+            .store
+            .release_answers(conversation.user_id, &[held], &[], &[])
+            .await;
+        // The full set's check still frees it.
+        if let Err(e) = released {
+            warn!(error = %e, "generating place of a settled answer not given back");
+        }
+    }
+    Ok(settled)
+}
+
 /// Settles the conversation's live answer if it is dead or ended; `true` when
 /// the slot is free afterwards (as far as this request knows).
 pub async fn settle(
@@ -71,7 +98,7 @@ async fn settle_as(
     match liveness {
         Liveness::Live => Ok(false),
         liveness => {
-            let settled = state.store.settle(conversation, slot).await?;
+            let settled = settle_and_release(state, conversation, slot).await?;
             if settled && liveness == Liveness::Dead {
                 warn!(conversation_id = %conversation.id, answer_id = %slot.id,
                       "live answer of a dead function settled");
