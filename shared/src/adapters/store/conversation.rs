@@ -85,19 +85,9 @@ impl Store {
         user: Uuid,
         id: Uuid,
     ) -> Result<Option<Conversation>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(conversation_pk(id)))
-            .key("sk", s(META_SK))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(classify)?;
-        match out.item() {
+        match self.conversation_item(id, None).await? {
             Some(item) => {
-                let c = conversation_from(item)?;
+                let c = conversation_from(&item)?;
                 Ok((c.user_id == user).then_some(c))
             }
             None => Ok(None),
@@ -216,20 +206,30 @@ impl Store {
         Ok(live)
     }
 
-    /// No conversation item, whoever's (one strongly consistent GetItem).
+    /// No conversation item, whoever's.
     async fn conversation_item_gone(&self, id: Uuid) -> Result<bool, StoreError> {
+        Ok(self.conversation_item(id, Some("pk")).await?.is_none())
+    }
+
+    /// The conversation item, whoever's (one strongly consistent GetItem),
+    /// with only the `projection`'s attributes when one is given.
+    async fn conversation_item(
+        &self,
+        id: Uuid,
+        projection: Option<&str>,
+    ) -> Result<Option<Item>, StoreError> {
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
             .key("pk", s(conversation_pk(id)))
             .key("sk", s(META_SK))
-            .projection_expression("pk")
+            .set_projection_expression(projection.map(str::to_owned))
             .consistent_read(true)
             .send()
             .await
             .map_err(classify)?;
-        Ok(out.item().is_none())
+        Ok(out.item)
     }
 
     async fn delete_messages(&self, id: Uuid) -> Result<(), StoreError> {
