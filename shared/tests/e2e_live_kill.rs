@@ -12,71 +12,6 @@ use std::time::Duration;
 use common::{eventually, s, Stack};
 use serde_json::Value;
 
-/// The pids of the test stack's `send` function processes (children of the
-/// `cargo lambda watch` serving the stack's function port) that hold an open
-/// connection to the mock upstream: the one generating this test's answer.
-fn generating_processes(port: &str, upstream_port: u16) -> Vec<String> {
-    // Sockets connected to the upstream, by inode (/proc/net/tcp: hex
-    // addresses, state 01 = established).
-    let tcp = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
-    let sockets: Vec<String> = tcp
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let remote_port = f.get(2)?.rsplit(':').next()?;
-            (u16::from_str_radix(remote_port, 16).ok()? == upstream_port && f.get(3)? == &"01")
-                .then(|| format!("socket:[{}]", f.get(9).unwrap_or(&"")))
-        })
-        .collect();
-    let mut watch = Vec::new();
-    let mut children = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc") {
-        let pid = entry
-            .expect("entry")
-            .file_name()
-            .to_string_lossy()
-            .into_owned();
-        if !pid.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // ppid is the field after the parenthesised command name.
-        let ppid = stat
-            .rsplit_once(") ")
-            .and_then(|(_, rest)| rest.split(' ').nth(1))
-            .unwrap_or_default()
-            .to_owned();
-        if args.iter().any(|a| a == "watch")
-            && args.windows(2).any(|w| w == ["--invoke-port", port])
-        {
-            watch.push(pid);
-        } else if args.first().is_some_and(|a| a.ends_with("/send")) {
-            children.push((pid, ppid));
-        }
-    }
-    children
-        .into_iter()
-        .filter(|(pid, ppid)| {
-            watch.contains(ppid)
-                && std::fs::read_dir(format!("/proc/{pid}/fd"))
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-                    .any(|target| sockets.contains(&target.to_string_lossy().into_owned()))
-        })
-        .map(|(pid, _)| pid)
-        .collect()
-}
-
 /// The text a browser saw before its stream broke or ended.
 async fn read_until_broken(mut resp: reqwest::Response) -> String {
     let mut raw = Vec::new();
@@ -94,13 +29,6 @@ async fn read_until_broken(mut resp: reqwest::Response) -> String {
 #[tokio::test]
 async fn a_killed_function_loses_at_most_its_last_checkpoint_interval() {
     let stack = Stack::get().await;
-    let port = stack
-        .functions
-        .rsplit(':')
-        .next()
-        .and_then(|rest| rest.split('/').next())
-        .expect("function port")
-        .to_owned();
     let (user, id, m) = stack.chat().await;
     let content = format!("doomed {m}");
     let tokens = stack.slow_answer(&content, 400, 50).await;
@@ -127,13 +55,7 @@ async fn a_killed_function_loses_at_most_its_last_checkpoint_interval() {
         })
         .await
     );
-    let upstream_port: u16 = stack
-        .mock
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.trim_end_matches('/').parse().ok())
-        .expect("mock port");
-    let pids = generating_processes(&port, upstream_port);
+    let pids = stack.generating_sends();
     assert_eq!(
         pids.len(),
         1,

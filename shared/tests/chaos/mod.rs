@@ -934,23 +934,9 @@ async fn killer(run: Arc<Run>) {
     let total = run.settings.duration.as_millis() as u64;
     let at = rng.range(total / 4, total * 3 / 4);
     tokio::time::sleep(Duration::from_millis(at)).await;
-    let functions = &run.stack.env["FUNCTIONS_URL"];
-    let port = functions
-        .trim_start_matches("http://127.0.0.1:")
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    let upstream_port: u16 = run
-        .stack
-        .mock
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
     // Wait for an instance with an upstream connection open.
     while run.started.elapsed() < run.settings.duration {
-        if let Some(pid) = generating_sends(&port, upstream_port).first() {
+        if let Some(pid) = run.stack.generating_sends().first() {
             let killed = std::process::Command::new("kill")
                 .args(["-KILL", pid])
                 .status()
@@ -966,63 +952,6 @@ async fn killer(run: Arc<Run>) {
         .expect("journal")
         .kills
         .push("no generating send instance found to kill".into());
-}
-
-/// The stack's `send` processes (children of the `cargo lambda watch` serving
-/// `port`) holding an open connection to the mock upstream.
-fn generating_sends(port: &str, upstream_port: u16) -> Vec<String> {
-    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-    let sockets: HashSet<String> = tcp
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let remote_port = f.get(2)?.rsplit(':').next()?;
-            (u16::from_str_radix(remote_port, 16).ok()? == upstream_port && f.get(3)? == &"01")
-                .then(|| format!("socket:[{}]", f.get(9).unwrap_or(&"")))
-        })
-        .collect();
-    let mut watch = Vec::new();
-    let mut children = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let pid = entry.file_name().to_string_lossy().into_owned();
-        if !pid.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let ppid = stat
-            .rsplit_once(") ")
-            .and_then(|(_, rest)| rest.split(' ').nth(1))
-            .unwrap_or_default()
-            .to_owned();
-        if args.iter().any(|a| a == "watch")
-            && args.windows(2).any(|w| w == ["--invoke-port", port])
-        {
-            watch.push(pid);
-        } else if args.first().is_some_and(|a| a.ends_with("/send")) {
-            children.push((pid, ppid));
-        }
-    }
-    children
-        .into_iter()
-        .filter(|(pid, ppid)| {
-            watch.contains(ppid)
-                && std::fs::read_dir(format!("/proc/{pid}/fd"))
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-                    .any(|t| sockets.contains(&t.to_string_lossy().into_owned()))
-        })
-        .map(|(pid, _)| pid)
-        .collect()
 }
 
 /// Where each of the stack's logs ended when the run began.

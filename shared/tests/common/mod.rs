@@ -567,3 +567,78 @@ impl Stack {
         )
     }
 }
+
+impl Stack {
+    /// The pids of the stack's `send` function processes (children of the
+    /// `cargo lambda watch` serving the stack's function port) holding an open
+    /// connection to the mock upstream: those generating an answer now.
+    pub fn generating_sends(&self) -> Vec<String> {
+        let port = |url: &str| {
+            url.trim_start_matches("http://")
+                .split('/')
+                .next()
+                .and_then(|host| host.rsplit(':').next())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let functions_port = port(&self.functions);
+        let upstream_port: u16 = port(&self.mock).parse().unwrap_or(0);
+        // Sockets connected to the upstream, by inode (/proc/net/tcp: hex
+        // addresses, state 01 = established).
+        let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+        let sockets: Vec<String> = tcp
+            .lines()
+            .skip(1)
+            .filter_map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let remote_port = f.get(2)?.rsplit(':').next()?;
+                (u16::from_str_radix(remote_port, 16).ok()? == upstream_port && f.get(3)? == &"01")
+                    .then(|| format!("socket:[{}]", f.get(9).unwrap_or(&"")))
+            })
+            .collect();
+        let mut watch = Vec::new();
+        let mut children = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let pid = entry.file_name().to_string_lossy().into_owned();
+            if !pid.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // ppid is the field after the parenthesised command name.
+            let ppid = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.split(' ').nth(1))
+                .unwrap_or_default()
+                .to_owned();
+            if args.iter().any(|a| a == "watch")
+                && args
+                    .windows(2)
+                    .any(|w| w[0] == "--invoke-port" && w[1] == functions_port)
+            {
+                watch.push(pid);
+            } else if args.first().is_some_and(|a| a.ends_with("/send")) {
+                children.push((pid, ppid));
+            }
+        }
+        children
+            .into_iter()
+            .filter(|(pid, ppid)| {
+                watch.contains(ppid)
+                    && std::fs::read_dir(format!("/proc/{pid}/fd"))
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                        .any(|t| sockets.contains(&t.to_string_lossy().into_owned()))
+            })
+            .map(|(pid, _)| pid)
+            .collect()
+    }
+}
