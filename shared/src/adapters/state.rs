@@ -32,11 +32,16 @@ impl AppState {
     ///   a transaction in progress on its item ([`RetryTransactionConflicts`]);
     /// - 1 s to connect, 3 s per attempt (a DynamoDB call takes milliseconds; an
     ///   attempt that hangs is abandoned and retried instead of holding the
-    ///   stream), 10 s per operation including retries and backoff.
+    ///   stream), 10 s per operation including retries and backoff;
+    /// - no stalled-stream protection: it watches the throughput of request and
+    ///   response bodies, which for DynamoDB are a few kilobytes sent and read
+    ///   at once, and a stalled attempt already ends at its 3 s timeout. It cost
+    ///   every request two more futures polled and timed.
     pub async fn from_env() -> Result<Arc<Self>, String> {
         use std::time::Duration;
 
         use aws_config::retry::RetryConfig;
+        use aws_config::stalled_stream_protection::StalledStreamProtectionConfig;
         use aws_config::timeout::TimeoutConfig;
 
         let config = Config::from_env().map_err(|e| e.to_string())?;
@@ -70,6 +75,7 @@ impl AppState {
                     .operation_timeout(Duration::from_secs(10))
                     .build(),
             )
+            .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
             .http_client(dynamodb_http_client(&endpoint_override())?)
             .load()
             .await;

@@ -25,7 +25,7 @@ use crate::adapters::store::{
 use crate::adapters::upstream::InferenceRequest;
 use crate::domain::limits::Admission;
 use crate::domain::live::{self, Checkpointer};
-use crate::domain::relay::{self, Ending, Interrupt, Outcome, Sink, Timing};
+use crate::domain::relay::{self, Ending, Interrupt, Outcome, Sink, Timing, Watch};
 use crate::foundation::role::Role;
 use crate::foundation::time_fmt;
 
@@ -146,8 +146,30 @@ pub fn replay(replay: &Replay) -> Response<ResponseBody> {
     api::stream_response(rx)
 }
 
-/// How long the user-message write may wait for the upstream's response head.
+/// How long the user-message write may wait for the first token.
 const WRITE_HOLD: Duration = Duration::from_millis(50);
+
+/// A [`Watch`] passed through, that tells `seen` when the first token's text
+/// has been handed to the browser's stream.
+struct FirstToken<'a, W> {
+    inner: &'a mut W,
+    seen: &'a Notify,
+    told: bool,
+}
+
+impl<W: Watch> Watch for FirstToken<'_, W> {
+    fn text(&mut self, text: &str, tokens: u64) {
+        self.inner.text(text, tokens);
+        if !self.told {
+            self.told = true;
+            self.seen.notify_one();
+        }
+    }
+
+    fn interrupted(&mut self) -> impl std::future::Future<Output = Interrupt> + Send {
+        self.inner.interrupted()
+    }
+}
 
 async fn run(job: Job, mut sink: Sink, invoked: Invoked) {
     let config = &job.state.config;
@@ -155,22 +177,24 @@ async fn run(job: Job, mut sink: Sink, invoked: Invoked) {
         ping: config.ping_interval,
         deadline: Instant::now() + config.inference_deadline,
     };
-    info!(
-        history_len = job.request.messages.len(),
-        model_tag = %job.conversation.model_tag,
-        answer_id = %job.answer,
-        "stream opened"
-    );
     let mut live = Checkpointer::new(&job.state, job.conversation.id, job.answer);
 
     // The user message is written while the upstream works; both must be done
-    // before the answer is stored. The write waits for the upstream's response
-    // head, for at most `WRITE_HOLD`: on the instance's one thread its work
-    // (signing, connecting) would otherwise delay the upstream request.
+    // before the answer is stored. The write waits until the first token has
+    // gone to the browser (or the upstream gave none), for at most
+    // `WRITE_HOLD`: on the instance's one thread its work (serializing,
+    // signing, sending) would otherwise delay the upstream request or the
+    // first token.
     let (stored_user, outcome) = {
-        let head_seen = Notify::new();
+        let first_token = Notify::new();
         let write = async {
-            let _ = tokio::time::timeout(WRITE_HOLD, head_seen.notified()).await;
+            if tokio::time::timeout(WRITE_HOLD, first_token.notified())
+                .await
+                .is_ok()
+            {
+                // Lets the Runtime API connection write the token out first.
+                tokio::task::yield_now().await;
+            }
             match &job.user_message {
                 Some((message, title)) => {
                     job.state
@@ -193,8 +217,23 @@ async fn run(job: Job, mut sink: Sink, invoked: Invoked) {
             let trace = invoked.trace.as_deref();
             let opened =
                 relay::open(inference, &job.request, trace, &mut sink, timing, &mut live).await;
-            head_seen.notify_one();
-            relay::stream(opened, &mut sink, timing, &mut live).await
+            // Logged once the upstream has answered, not before its request:
+            // on the one thread, the line would delay it.
+            info!(
+                history_len = job.request.messages.len(),
+                model_tag = %job.conversation.model_tag,
+                answer_id = %job.answer,
+                "stream opened"
+            );
+            let mut watch = FirstToken {
+                inner: &mut live,
+                seen: &first_token,
+                told: false,
+            };
+            let outcome = relay::stream(opened, &mut sink, timing, &mut watch).await;
+            // An answer without any token: the write need not wait longer.
+            first_token.notify_one();
+            outcome
         };
         tokio::pin!(write, upstream);
         let mut written = None;

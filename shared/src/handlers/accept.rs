@@ -3,8 +3,11 @@
 //! limits, side by side), the `Idempotency-Key`, refusals that give back what
 //! they took, and the response.
 
+use std::future::Future;
+use std::pin::pin;
 use std::sync::Arc;
 
+use futures_util::future::maybe_done;
 use http::Response;
 use lambda_http::Request;
 use serde_json::json;
@@ -63,11 +66,12 @@ pub(crate) async fn load_and_claim(
     // The history needs the newest `max_history - 1` stored messages besides the
     // new one; one more is read so regenerate and send share the Query shape.
     let limit = state.config.max_history + 1;
-    let (ctx, claimed, admitted) = tokio::join!(
+    let (ctx, claimed, admitted) = side_by_side(
         state.store.load_chat(user, id, limit),
         live::claim(state, user, id, answer),
         limits::admit(state, user, id, answer),
-    );
+    )
+    .await;
     // Someone else's or a missing conversation is a 404 before it is a 429.
     let refused = match (&ctx, &claimed, admitted) {
         (Ok(None), _, admitted) | (_, Err(ApiError::NotFound), admitted) => {
@@ -96,6 +100,38 @@ pub(crate) async fn load_and_claim(
             Err(e)
         }
     }
+}
+
+/// Runs three DynamoDB requests side by side, each sent before the next is
+/// built.
+///
+/// With `tokio::join!` on the instance's one thread, all three requests were
+/// built (serialized and signed) before the first left: their connections'
+/// tasks only write once this task waits. Here each future is polled until it
+/// waits for its reply, then this task yields, so its connection writes the
+/// request at once and DynamoDB works on it while the next one is built.
+async fn side_by_side<A, B, C>(a: A, b: B, c: C) -> (A::Output, B::Output, C::Output)
+where
+    A: Future,
+    B: Future,
+    C: Future,
+{
+    let (mut a, mut b, mut c) = (
+        pin!(maybe_done(a)),
+        pin!(maybe_done(b)),
+        pin!(maybe_done(c)),
+    );
+    let _ = futures_util::poll!(a.as_mut());
+    tokio::task::yield_now().await;
+    let _ = futures_util::poll!(b.as_mut());
+    tokio::task::yield_now().await;
+    tokio::join!(a.as_mut(), b.as_mut(), c.as_mut());
+    (
+        // All three are done once joined.
+        a.take_output().expect("a joined future has its output"),
+        b.take_output().expect("a joined future has its output"),
+        c.take_output().expect("a joined future has its output"),
+    )
 }
 
 /// The conversation as the request sees it once its slot is claimed.
