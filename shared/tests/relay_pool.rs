@@ -1,6 +1,8 @@
-//! A warm instance reuses its upstream connection: after the upstream's `done` the
-//! relay reads the body to its end, so the next send needs no new connection (and,
-//! in production, no new TLS handshake).
+//! The upstream connection: a warm instance reuses it (after the upstream's
+//! `done` the relay reads the body to its end, so the next send needs no new
+//! connection and, in production, no new TLS handshake), one is made ahead
+//! while DynamoDB answers, one the upstream closed is replaced, and an
+//! abandoned answer closes its connection.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,19 +18,21 @@ use tokio::sync::mpsc;
 
 /// A keep-alive upstream: answers every request on a connection with two tokens
 /// and `done`, then ends the chunked body in a separate write a little later.
-async fn upstream(connections: Arc<AtomicUsize>) -> String {
+/// With `close_idle`, it then closes the connection (as a server whose
+/// keep-alive timeout passed), without having said so.
+async fn upstream(connections: Arc<AtomicUsize>, close_idle: bool) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((socket, _)) = listener.accept().await {
             connections.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(serve(socket));
+            tokio::spawn(serve(socket, close_idle));
         }
     });
     format!("http://{addr}/chat")
 }
 
-async fn serve(mut socket: TcpStream) {
+async fn serve(mut socket: TcpStream, close_idle: bool) {
     let mut buf = Vec::new();
     loop {
         // The request head, then its Content-Length body.
@@ -70,7 +74,7 @@ async fn serve(mut socket: TcpStream) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-        if socket.write_all(b"0\r\n\r\n").await.is_err() {
+        if socket.write_all(b"0\r\n\r\n").await.is_err() || close_idle {
             return;
         }
     }
@@ -88,44 +92,124 @@ fn config(url: &str) -> Config {
     .unwrap()
 }
 
-#[tokio::test]
-async fn consecutive_sends_share_one_upstream_connection() {
-    let connections = Arc::new(AtomicUsize::new(0));
-    let url = upstream(connections.clone()).await;
-    let config = config(&url);
-    let client = InferenceClient::new(&config).unwrap();
-    let request = InferenceRequest::new(
+fn request(config: &Config) -> InferenceRequest {
+    InferenceRequest::new(
         vec![Turn {
             role: Role::User,
             content: "hello".into(),
         }],
         &Default::default(),
         &config.defaults,
-    );
+    )
+}
+
+/// One answer relayed as a send relays it: what the browser got.
+async fn relay_once(client: &InferenceClient, request: &InferenceRequest) -> String {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut sink = Sink::new(tx);
+    let timing = Timing {
+        ping: Duration::from_secs(30),
+        deadline: tokio::time::Instant::now() + Duration::from_secs(30),
+    };
+    let opened = open(client, request, None, &mut sink, timing, &mut Unwatched).await;
+    let outcome = stream(opened, &mut sink, timing, &mut Unwatched).await;
+    assert_eq!(outcome.ending, Ending::Done);
+    assert_eq!(outcome.content, "namaste");
+    drop(sink);
+    let mut browser = Vec::new();
+    while let Some(bytes) = rx.recv().await {
+        browser.extend_from_slice(&bytes);
+    }
+    String::from_utf8(browser).unwrap()
+}
+
+const BROWSER: &str = "data: {\"token\": \"nam\"}\n\ndata: {\"token\": \"aste\"}\n\n";
+
+#[tokio::test]
+async fn consecutive_sends_share_one_upstream_connection() {
+    let connections = Arc::new(AtomicUsize::new(0));
+    let url = upstream(connections.clone(), false).await;
+    let config = config(&url);
+    let client = InferenceClient::new(&config).unwrap();
+    let request = request(&config);
 
     for turn in 0..3 {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let mut sink = Sink::new(tx);
-        let timing = Timing {
-            ping: Duration::from_secs(30),
-            deadline: tokio::time::Instant::now() + Duration::from_secs(30),
-        };
-        let opened = open(&client, &request, None, &mut sink, timing, &mut Unwatched).await;
-        let outcome = stream(opened, &mut sink, timing, &mut Unwatched).await;
-        assert_eq!(outcome.ending, Ending::Done, "turn {turn}");
-        assert_eq!(outcome.content, "namaste");
-        drop(sink);
-        let mut browser = Vec::new();
-        while let Some(bytes) = rx.recv().await {
-            browser.extend_from_slice(&bytes);
-        }
-        assert_eq!(
-            String::from_utf8(browser).unwrap(),
-            "data: {\"token\": \"nam\"}\n\ndata: {\"token\": \"aste\"}\n\n"
-        );
+        // As a send does: made ahead (a kept connection is checked instead).
+        client.connect_ahead();
+        assert_eq!(relay_once(&client, &request).await, BROWSER, "turn {turn}");
         // The next message of a conversation comes much later than the body's
         // end; give the background read time to see it.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert_eq!(connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_connection_is_made_ahead_and_carries_the_next_request() {
+    let connections = Arc::new(AtomicUsize::new(0));
+    let url = upstream(connections.clone(), false).await;
+    let config = config(&url);
+    let client = InferenceClient::new(&config).unwrap();
+
+    client.connect_ahead();
+    // Connected before any request exists, as while DynamoDB answers.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while connections.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no connection made ahead"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // A second call while it is there makes no other.
+    client.connect_ahead();
+    assert_eq!(relay_once(&client, &request(&config)).await, BROWSER);
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_kept_connection_the_upstream_closed_is_replaced() {
+    let connections = Arc::new(AtomicUsize::new(0));
+    let url = upstream(connections.clone(), true).await;
+    let config = config(&url);
+    let client = InferenceClient::new(&config).unwrap();
+    let request = request(&config);
+
+    for turn in 0..3 {
+        if turn == 1 {
+            client.connect_ahead();
+        }
+        assert_eq!(relay_once(&client, &request).await, BROWSER, "turn {turn}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn an_abandoned_answer_closes_its_upstream_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/chat", listener.local_addr().unwrap());
+    // Answers with one token, then waits for more that never come: a model
+    // still generating. Reports whether the client hung up.
+    let server = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 8192];
+        let _ = socket.read(&mut buf).await.unwrap();
+        let event = "data: {\"token\": \"nam\"}\n\n";
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+             transfer-encoding: chunked\r\n\r\n{:x}\r\n{event}\r\n",
+            event.len()
+        );
+        socket.write_all(reply.as_bytes()).await.unwrap();
+        let hung_up = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await;
+        matches!(hung_up, Ok(Ok(0)) | Ok(Err(_)))
+    });
+    let config = config(&url);
+    let client = InferenceClient::new(&config).unwrap();
+    let mut upstream = client.start(&request(&config), None).await.unwrap();
+    assert!(upstream.chunk().await.unwrap().is_some());
+    // A stop: the relay drops the answer mid-body.
+    drop(upstream);
+    assert!(server.await.unwrap(), "the upstream connection stayed open");
 }

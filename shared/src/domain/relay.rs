@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::adapters::upstream::sse::{Event, SseReader};
-use crate::adapters::upstream::{InferenceClient, InferenceRequest, StartError};
+use crate::adapters::upstream::{InferenceClient, InferenceRequest, StartError, Upstream};
 
 const PING: &[u8] = b": ping\n\n";
 /// The most answer text (UTF-8 bytes) a relay takes. DynamoDB refuses an item
@@ -192,7 +192,7 @@ pub struct Timing {
 /// The upstream's answer to the request: its response head, or why there is none.
 pub struct Opened {
     started: Instant,
-    head: Result<reqwest::Response, Ending>,
+    head: Result<Upstream, Ending>,
 }
 
 /// Sends the request and waits for the response head, pinging the browser
@@ -241,7 +241,7 @@ pub async fn stream(
 }
 
 async fn read_stream(
-    mut response: reqwest::Response,
+    mut response: Upstream,
     sink: &mut Sink,
     timing: Timing,
     watch: &mut impl Watch,
@@ -299,10 +299,10 @@ const RELEASE_WAIT: Duration = Duration::from_secs(2);
 const RELEASE_BYTES: usize = 64 * 1024;
 
 /// Reads what the upstream sends after its `done` (normally only the end of the
-/// body) in the background, so its connection goes back to the client's pool and
+/// body) in the background, so its connection stays the client's spare one and
 /// the instance's next send skips the connect and TLS handshake. A response
 /// dropped before its end closes the connection instead.
-fn release(mut response: reqwest::Response) {
+fn release(mut response: Upstream) {
     tokio::spawn(async move {
         let drain = async {
             let mut left = RELEASE_BYTES;

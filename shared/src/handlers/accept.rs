@@ -66,10 +66,13 @@ pub(crate) async fn load_and_claim(
     // The history needs the newest `max_history - 1` stored messages besides the
     // new one; one more is read so regenerate and send share the Query shape.
     let limit = state.config.max_history + 1;
+    // Once the three are on their way, the upstream connection is made (or the
+    // kept one checked) while DynamoDB answers.
     let (ctx, claimed, admitted) = side_by_side(
         state.store.load_chat(user, id, limit),
         live::claim(state, user, id, answer),
         limits::admit(state, user, id, answer),
+        || state.inference.connect_ahead(),
     )
     .await;
     // Someone else's or a missing conversation is a 404 before it is a 429.
@@ -103,14 +106,19 @@ pub(crate) async fn load_and_claim(
 }
 
 /// Runs three DynamoDB requests side by side, each sent before the next is
-/// built.
+/// built, then `sent` once all three are on their way.
 ///
 /// With `tokio::join!` on the instance's one thread, all three requests were
 /// built (serialized and signed) before the first left: their connections'
 /// tasks only write once this task waits. Here each future is polled until it
 /// waits for its reply, then this task yields, so its connection writes the
 /// request at once and DynamoDB works on it while the next one is built.
-async fn side_by_side<A, B, C>(a: A, b: B, c: C) -> (A::Output, B::Output, C::Output)
+async fn side_by_side<A, B, C>(
+    a: A,
+    b: B,
+    c: C,
+    sent: impl FnOnce(),
+) -> (A::Output, B::Output, C::Output)
 where
     A: Future,
     B: Future,
@@ -125,6 +133,9 @@ where
     tokio::task::yield_now().await;
     let _ = futures_util::poll!(b.as_mut());
     tokio::task::yield_now().await;
+    let _ = futures_util::poll!(c.as_mut());
+    // What `sent` starts runs after the last request's connection has written it.
+    sent();
     tokio::join!(a.as_mut(), b.as_mut(), c.as_mut());
     (
         // All three are done once joined.

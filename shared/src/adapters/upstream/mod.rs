@@ -5,5 +5,5 @@ mod client;
 mod request;
 pub mod sse;
 
-pub use client::{InferenceClient, StartError};
+pub use client::{InferenceClient, StartError, Upstream};
 pub use request::{ChatParams, InferenceRequest, Turn};
