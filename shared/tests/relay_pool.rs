@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 
 /// A keep-alive upstream: answers every request on a connection with two tokens
 /// and `done`, then ends the chunked body in a separate write a little later.
-/// With `close_idle`, it then closes the connection (as a server whose
-/// keep-alive timeout passed), without having said so.
+/// With `close_idle`, it closes a connection that carried no request for
+/// 100 ms (as a server whose keep-alive timeout passed), without saying so.
 async fn upstream(connections: Arc<AtomicUsize>, close_idle: bool) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -41,9 +41,14 @@ async fn serve(mut socket: TcpStream, close_idle: bool) {
                 break i + 4;
             }
             let mut chunk = [0u8; 4096];
-            match socket.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            let idle = if close_idle {
+                Duration::from_millis(100)
+            } else {
+                Duration::from_secs(3600)
+            };
+            match tokio::time::timeout(idle, socket.read(&mut chunk)).await {
+                Ok(Ok(0) | Err(_)) | Err(_) => return,
+                Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
             }
         };
         let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
@@ -74,7 +79,7 @@ async fn serve(mut socket: TcpStream, close_idle: bool) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-        if socket.write_all(b"0\r\n\r\n").await.is_err() || close_idle {
+        if socket.write_all(b"0\r\n\r\n").await.is_err() {
             return;
         }
     }
@@ -182,6 +187,25 @@ async fn a_kept_connection_the_upstream_closed_is_replaced() {
         assert_eq!(relay_once(&client, &request).await, BROWSER, "turn {turn}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    assert_eq!(connections.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_connection_made_ahead_that_the_upstream_closed_is_replaced() {
+    let connections = Arc::new(AtomicUsize::new(0));
+    let url = upstream(connections.clone(), true).await;
+    let config = config(&url);
+    let client = InferenceClient::new(&config).unwrap();
+
+    // Made for a request that was then refused; the next one comes after the
+    // upstream's keep-alive timeout.
+    client.connect_ahead();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.connect_ahead();
+    assert_eq!(relay_once(&client, &request(&config)).await, BROWSER);
+    // Again, with the next request right behind the closed connection's check.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(relay_once(&client, &request(&config)).await, BROWSER);
     assert_eq!(connections.load(Ordering::SeqCst), 3);
 }
 

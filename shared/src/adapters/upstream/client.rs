@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::header::{ACCEPT, CONTENT_TYPE, HOST};
 use http::{HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -240,10 +241,21 @@ impl InferenceClient {
     /// request refused meanwhile leaves the connection for the next one.
     pub fn connect_ahead(&self) {
         let mut spare = self.shared.spare.lock().unwrap_or_else(|e| e.into_inner());
-        match spare.as_ref() {
-            Some(Spare::Connecting(_)) => return,
-            Some(Spare::Open(c)) if !c.sender.is_closed() => return,
-            _ => {}
+        if let Some(Spare::Connecting(task)) = spare.as_mut() {
+            if !task.is_finished() {
+                return;
+            }
+            // Made for an earlier request that was refused: it may have been
+            // closed since, which only the connection itself can tell.
+            *spare = match task.now_or_never() {
+                Some(Ok(Ok(conn))) => Some(Spare::Open(conn)),
+                _ => None,
+            };
+        }
+        if let Some(Spare::Open(conn)) = spare.as_ref() {
+            if !conn.sender.is_closed() {
+                return;
+            }
         }
         let shared = self.shared.clone();
         *spare = Some(Spare::Connecting(tokio::spawn(async move {
@@ -314,8 +326,9 @@ impl InferenceClient {
     }
 
     /// The spare connection if there is one that can still be used, and
-    /// whether it is new (waiting for one being made ahead, whose failure is
-    /// the request's).
+    /// whether it was just made (waiting for one being made ahead, whose
+    /// failure to connect is the request's). A spare that turns out closed is
+    /// replaced by a new connection, once.
     async fn take_spare(&self) -> Result<Option<(Connection, bool)>, StartError> {
         let spare = self
             .shared
@@ -327,9 +340,12 @@ impl InferenceClient {
             Some(Spare::Open(conn)) if conn.sender.is_ready() => Some((conn, false)),
             // Closed, or still carrying an earlier answer's body.
             Some(Spare::Open(_)) | None => None,
+            // Made ahead: it has carried nothing, so a failure before the
+            // request is written leaves room for one more connection.
             Some(Spare::Connecting(task)) => match task.await {
-                Ok(made) => Some((made?, true)),
-                Err(_) => None,
+                Ok(Ok(conn)) if !conn.sender.is_closed() => Some((conn, false)),
+                Ok(Ok(_)) | Err(_) => None,
+                Ok(Err(e)) => return Err(e),
             },
         })
     }
