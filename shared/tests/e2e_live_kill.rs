@@ -55,7 +55,7 @@ async fn a_killed_function_loses_at_most_its_last_checkpoint_interval() {
         })
         .await
     );
-    let pids = stack.generating_sends();
+    let pids = stack.generating_sends().await;
     assert_eq!(
         pids.len(),
         1,

@@ -936,7 +936,7 @@ async fn killer(run: Arc<Run>) {
     tokio::time::sleep(Duration::from_millis(at)).await;
     // Wait for an instance with an upstream connection open.
     while run.started.elapsed() < run.settings.duration {
-        if let Some(pid) = run.stack.generating_sends().first() {
+        if let Some(pid) = run.stack.generating_sends().await.first() {
             let killed = std::process::Command::new("kill")
                 .args(["-KILL", pid])
                 .status()

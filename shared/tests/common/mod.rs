@@ -570,9 +570,37 @@ impl Stack {
 
 impl Stack {
     /// The pids of the stack's `send` function processes (children of the
-    /// `cargo lambda watch` serving the stack's function port) holding an open
-    /// connection to the mock upstream: those generating an answer now.
-    pub fn generating_sends(&self) -> Vec<String> {
+    /// `cargo lambda watch` serving the stack's function port) generating an
+    /// answer now: they hold a connection to the mock upstream (as an idle
+    /// instance may too: its spare connection), and they read and write while
+    /// watched for 300 ms (an idle instance makes no system call).
+    pub async fn generating_sends(&self) -> Vec<String> {
+        let connected = self.upstream_connected_sends();
+        let io = |pid: &str| {
+            std::fs::read_to_string(format!("/proc/{pid}/io"))
+                .ok()
+                .map(|io| {
+                    // Bytes and calls of reads and writes (socket writes count).
+                    io.lines()
+                        .filter_map(|l| l.split_once(':'))
+                        .filter(|(k, _)| ["rchar", "wchar", "syscr", "syscw"].contains(k))
+                        .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
+                        .sum::<u64>()
+                })
+        };
+        let before: Vec<Option<u64>> = connected.iter().map(|pid| io(pid)).collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        connected
+            .into_iter()
+            .zip(before)
+            .filter(|(pid, before)| matches!((before, io(pid)), (Some(a), Some(b)) if b > *a))
+            .map(|(pid, _)| pid)
+            .collect()
+    }
+
+    /// The stack's `send` processes holding an open connection to the mock
+    /// upstream.
+    fn upstream_connected_sends(&self) -> Vec<String> {
         let port = |url: &str| {
             url.trim_start_matches("http://")
                 .split('/')
