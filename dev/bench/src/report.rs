@@ -353,7 +353,8 @@ fn targets(o: &mut String, i: &Input) {
 
 /// The function's own share of the TTFT, from the proxied (host) run: event →
 /// first DynamoDB request, last reply before the upstream call → upstream
-/// connection opened, and upstream opened → first token minus the direct TTFT.
+/// request sent, and upstream request → first token minus the direct TTFT (the
+/// direct call connects first; the function's connection was made ahead).
 /// Unlike "overhead minus the DynamoDB floor" it does not assume the bench's
 /// round trip is the one the function waits for.
 fn own_from_proxies(i: &Input) -> Option<f64> {
@@ -518,7 +519,7 @@ fn requests(o: &mut String, i: &Input) {
             let _ = writeln!(o, "  {:<58} {value}", format!("{label}{name}"));
         };
         let counts: [(&str, CountOf); 6] = [
-            ("requests started before the upstream call opens", |c| {
+            ("requests started before the upstream call starts", |c| {
                 c.before_open
             }),
             (
@@ -640,7 +641,7 @@ fn details(o: &mut String, i: &Input) {
         let names = [
             "  event released -> first DynamoDB request sent",
             "  -> last reply before the upstream call (DynamoDB Local)",
-            "  -> upstream connection opened",
+            "  -> upstream request sent",
             "  -> first token at the Runtime API",
         ];
         for (k, name) in names.iter().enumerate() {

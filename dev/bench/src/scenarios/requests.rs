@@ -106,7 +106,9 @@ pub async fn run(b: &mut Bench, n: usize) -> Res<Vec<Counted>> {
                 .filter(|x| t.is_none_or(|u| x.sent < u))
                 .collect()
         };
-        let before = started_before(open);
+        // The upstream call starts with its request: its connection may have
+        // been made ahead, during the round trip, or kept from an earlier answer.
+        let before = started_before(request);
         let mut units = Units::default();
         let mut limit_units = Units::default();
         for x in &exchanges {
@@ -130,7 +132,7 @@ pub async fn run(b: &mut Bench, n: usize) -> Res<Vec<Counted>> {
             let _ = write!(pattern, "{} ", m.1);
         }
         let last_reply = before.iter().filter_map(|x| x.replied).max();
-        let phases = match (before.first(), last_reply, open) {
+        let phases = match (before.first(), last_reply, request) {
             (Some(q), Some(r), Some(u)) => Some([
                 ms(q.sent - released),
                 ms(r.saturating_duration_since(q.sent)),
