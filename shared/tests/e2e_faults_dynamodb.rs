@@ -502,13 +502,7 @@ async fn reset_after_an_applied_conversation_delete_leaves_nothing() {
             "fault": "reset_after",
         }))
         .await;
-    let resp = stack
-        .http
-        .delete(stack.url("conversations", &format!("/api/conversations/{id}")))
-        .bearer_auth(&user.token)
-        .send()
-        .await
-        .expect("delete");
+    let resp = stack.delete_conversation(&user, id).await;
     assert!(
         [204, 404].contains(&resp.status().as_u16()),
         "{}",

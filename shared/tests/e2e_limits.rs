@@ -408,13 +408,7 @@ async fn a_dead_answers_place_is_given_back_when_its_conversation_is_deleted() {
     let dead = hold_elsewhere(&stack, &user, 0, &[id]).await;
     assert_eq!(held(&record(&stack, &user).await).len(), 1);
 
-    let resp = stack
-        .http
-        .delete(stack.url("conversations", &format!("/api/conversations/{id}")))
-        .bearer_auth(&user.token)
-        .send()
-        .await
-        .expect("delete");
+    let resp = stack.delete_conversation(&user, id).await;
     assert_eq!(resp.status(), 204);
     assert!(stack.all_items(id).await.is_empty());
     assert_eq!(

@@ -302,13 +302,7 @@ async fn deleting_a_conversation_mid_answer_stops_it_and_leaves_nothing() {
     stack.slow_answer(&content, 200, 50).await;
     let generating = in_background(stack.send_req(&user, id, &content));
     until_streaming(&stack, &user, id, 5).await;
-    let resp = stack
-        .http
-        .delete(stack.url("conversations", &format!("/api/conversations/{id}")))
-        .bearer_auth(&user.token)
-        .send()
-        .await
-        .expect("delete");
+    let resp = stack.delete_conversation(&user, id).await;
     assert_eq!(resp.status(), 204);
     let stream = generating.await.expect("stream");
     stream.assert_failed_with("persist_failed");
@@ -361,13 +355,7 @@ async fn a_regeneration_whose_final_write_meets_a_delete_leaves_nothing() {
         .await,
         "the answer's write never came"
     );
-    let resp = stack
-        .http
-        .delete(stack.url("conversations", &format!("/api/conversations/{id}")))
-        .bearer_auth(&user.token)
-        .send()
-        .await
-        .expect("delete");
+    let resp = stack.delete_conversation(&user, id).await;
     assert_eq!(resp.status(), 204);
     let stream = regenerating.await.expect("stream");
     stream.assert_failed_with("persist_failed");

@@ -135,6 +135,16 @@ impl Stack {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// `DELETE /api/conversations/{id}` as `user`.
+    pub async fn delete_conversation(&self, user: &User, id: Uuid) -> reqwest::Response {
+        self.http
+            .delete(self.url("conversations", &format!("/api/conversations/{id}")))
+            .bearer_auth(&user.token)
+            .send()
+            .await
+            .expect("delete conversation")
+    }
+
     /// Registers what the mock upstream answers to the next request whose last
     /// user message contains `scenario.match`.
     pub async fn scenario(&self, scenario: Value) {
