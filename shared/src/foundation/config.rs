@@ -79,7 +79,7 @@ impl Config {
         let required = |name: &'static str| get(name).ok_or(ConfigError::Missing(name));
 
         let inference_url = required("INFERENCE_URL")?;
-        match reqwest::Url::parse(&inference_url) {
+        match url::Url::parse(&inference_url) {
             Ok(url) if matches!(url.scheme(), "http" | "https") => {}
             _ => {
                 return Err(ConfigError::Invalid {

@@ -185,7 +185,7 @@ impl Drop for Upstream {
 impl InferenceClient {
     pub fn new(config: &Config) -> Result<Self, String> {
         let invalid = || "configuration: INFERENCE_URL is invalid".to_owned();
-        let url = reqwest::Url::parse(&config.inference_url).map_err(|_| invalid())?;
+        let url = url::Url::parse(&config.inference_url).map_err(|_| invalid())?;
         // As the URL writes it (an IPv6 literal in brackets), for `Host`.
         let url_host = url.host_str().ok_or_else(invalid)?;
         let port = url.port_or_known_default().ok_or_else(invalid)?;
