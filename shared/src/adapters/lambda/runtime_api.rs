@@ -38,6 +38,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpRequest;
 use lambda_http::request::LambdaRequest;
 use lambda_http::tower::{Service, ServiceExt};
 use lambda_http::Error;
@@ -246,7 +247,7 @@ where
     let context = Context::new(request_id, config.clone(), headers)
         .map_err(|err| Failure::new("Runtime.InvalidContext", err))?;
     // The event is not echoed in the error: it holds the user's request.
-    let payload = serde_json::from_slice::<LambdaRequest>(event).map_err(|err| {
+    let payload = decode_event(event).map_err(|err| {
         Failure::new(
             "Runtime.UnmarshalError",
             format_args!(
@@ -265,6 +266,39 @@ where
         Ok(Err(err)) => Err(Failure::new("Runtime.HandlerError", err)),
         Err(panic) => Err(Failure::new("Runtime.HandlerPanic", panic_message(&*panic))),
     }
+}
+
+/// Decodes an event as `lambda_http` does, without its detour for the most
+/// common shape.
+///
+/// `LambdaRequest`'s decoder tries each shape in turn, REST API first: an HTTP
+/// API or Function URL event (payload 2.0) is parsed whole as a REST API event
+/// before that fails at its end for want of `httpMethod`, then parsed again.
+/// A first pass that only looks at the two top-level fields telling the
+/// shapes apart (no allocation) sends such an event straight to its own type.
+/// The result is the same in every case: without `httpMethod` the REST API
+/// shape cannot match, and anything else (or a 2.0 event that does not
+/// decode) goes through `LambdaRequest`'s decoder as before.
+fn decode_event(event: &[u8]) -> serde_json::Result<LambdaRequest> {
+    #[derive(serde::Deserialize)]
+    struct Shape<'a> {
+        #[serde(borrow)]
+        version: Option<std::borrow::Cow<'a, str>>,
+        #[serde(rename = "httpMethod")]
+        http_method: Option<serde::de::IgnoredAny>,
+    }
+    if let Ok(Shape {
+        version: Some(version),
+        http_method: None,
+    }) = serde_json::from_slice::<Shape>(event)
+    {
+        if version == "2.0" {
+            if let Ok(v2) = serde_json::from_slice::<ApiGatewayV2httpRequest>(event) {
+                return Ok(LambdaRequest::ApiGatewayV2(v2));
+            }
+        }
+    }
+    serde_json::from_slice::<LambdaRequest>(event)
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
@@ -405,5 +439,126 @@ impl Connection {
             }
         }
         Err("the Runtime API connection closed".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// `decode_event` and `LambdaRequest`'s own decoder agree: the same shape
+    /// and the same fields, or both refuse.
+    fn assert_same_as_lambda_http(event: &[u8]) {
+        let ours = decode_event(event).map(|r| format!("{r:?}"));
+        let theirs = serde_json::from_slice::<LambdaRequest>(event).map(|r| format!("{r:?}"));
+        match (ours, theirs) {
+            (Ok(ours), Ok(theirs)) => assert_eq!(ours, theirs),
+            (Err(_), Err(_)) => {}
+            (ours, theirs) => panic!(
+                "{}: ours {ours:?}, lambda_http's {theirs:?}",
+                String::from_utf8_lossy(event)
+            ),
+        }
+    }
+
+    fn http_api() -> serde_json::Value {
+        json!({
+            "version": "2.0", "routeKey": "$default",
+            "rawPath": "/api/conversations/c/messages", "rawQueryString": "a=1&b=2",
+            "cookies": ["x=1"],
+            "headers": {"content-type": "application/json", "authorization": "Bearer t"},
+            "requestContext": {
+                "http": {"method": "POST", "path": "/api/conversations/c/messages",
+                         "protocol": "HTTP/1.1", "sourceIp": "192.0.2.1", "userAgent": "t"},
+                "requestId": "r", "routeKey": "$default", "stage": "$default",
+                "accountId": "1", "apiId": "a", "domainName": "d", "domainPrefix": "d",
+                "time": "t", "timeEpoch": 0
+            },
+            "body": "{\"content\":\"hi\"}", "isBase64Encoded": false
+        })
+    }
+
+    fn rest_api() -> serde_json::Value {
+        json!({
+            "resource": "/api/{proxy+}", "path": "/api/conversations",
+            "httpMethod": "GET",
+            "headers": {"authorization": "Bearer t"},
+            "multiValueHeaders": {"authorization": ["Bearer t"]},
+            "queryStringParameters": null, "pathParameters": {"proxy": "conversations"},
+            "requestContext": {"accountId": "1", "resourceId": "r", "stage": "prod",
+                               "requestId": "q", "httpMethod": "GET", "path": "/prod/api/conversations",
+                               "apiId": "a"},
+            "body": null, "isBase64Encoded": false
+        })
+    }
+
+    fn alb() -> serde_json::Value {
+        json!({
+            "requestContext": {"elb": {"targetGroupArn": "arn:aws:elasticloadbalancing:x"}},
+            "httpMethod": "GET", "path": "/api/conversations",
+            "queryStringParameters": {}, "headers": {"host": "h"},
+            "body": "", "isBase64Encoded": false
+        })
+    }
+
+    #[test]
+    fn events_decode_as_lambda_http_decodes_them() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../events");
+        let mut samples: Vec<Vec<u8>> = std::fs::read_dir(dir)
+            .expect("events dir")
+            .map(|e| std::fs::read(e.expect("entry").path()).expect("event"))
+            .collect();
+        let mut payload_1_0 = rest_api();
+        payload_1_0["version"] = json!("1.0");
+        let mut v2_with_http_method = http_api();
+        v2_with_http_method["httpMethod"] = json!("DELETE");
+        let mut v2_without_context = http_api();
+        v2_without_context
+            .as_object_mut()
+            .expect("object")
+            .remove("requestContext");
+        let mut v2_numeric_version = http_api();
+        v2_numeric_version["version"] = json!(2.0);
+        let mut v3 = http_api();
+        v3["version"] = json!("3.0");
+        // A REST API event that claims 2.0: still a REST API event.
+        let mut rest_claiming_2_0 = rest_api();
+        rest_claiming_2_0["version"] = json!("2.0");
+        rest_claiming_2_0["requestContext"]["http"] = json!({"method": "GET"});
+        for value in [
+            http_api(),
+            rest_api(),
+            alb(),
+            payload_1_0,
+            v2_with_http_method,
+            v2_without_context,
+            v2_numeric_version,
+            v3,
+            rest_claiming_2_0,
+        ] {
+            samples.push(serde_json::to_vec(&value).expect("json"));
+        }
+        samples.extend(
+            [
+                &b""[..],
+                b"null",
+                b"[]",
+                b"{}",
+                b"{\"version\":\"2.0\"}",
+                b"{\"version\":\"2.0\",\"httpMethod\":null}",
+                b"{\"version\":\"2.0\"} trailing",
+                b"{\"version\":\"2.0\",\"version\":\"2.0\"}",
+            ]
+            .map(<[u8]>::to_vec),
+        );
+        for sample in &samples {
+            assert_same_as_lambda_http(sample);
+        }
+        // The common shape takes the direct path.
+        assert!(matches!(
+            decode_event(&serde_json::to_vec(&http_api()).expect("json")),
+            Ok(LambdaRequest::ApiGatewayV2(_))
+        ));
     }
 }
