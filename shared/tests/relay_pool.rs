@@ -128,38 +128,60 @@ async fn relay_once(client: &InferenceClient, request: &InferenceRequest) -> Str
     String::from_utf8(browser).unwrap()
 }
 
+/// The counting test upstream (`close_idle` as [`upstream`]), a client of it and
+/// a request for it.
+struct Pool {
+    connections: Arc<AtomicUsize>,
+    client: InferenceClient,
+    request: InferenceRequest,
+}
+
+impl Pool {
+    async fn new(close_idle: bool) -> Pool {
+        let connections = Arc::new(AtomicUsize::new(0));
+        let url = upstream(connections.clone(), close_idle).await;
+        let config = config(&url);
+        Pool {
+            client: InferenceClient::new(&config).unwrap(),
+            request: request(&config),
+            connections,
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
 const BROWSER: &str = "data: {\"token\": \"nam\"}\n\ndata: {\"token\": \"aste\"}\n\n";
 
 #[tokio::test]
 async fn consecutive_sends_share_one_upstream_connection() {
-    let connections = Arc::new(AtomicUsize::new(0));
-    let url = upstream(connections.clone(), false).await;
-    let config = config(&url);
-    let client = InferenceClient::new(&config).unwrap();
-    let request = request(&config);
+    let pool = Pool::new(false).await;
 
     for turn in 0..3 {
         // As a send does: made ahead (a kept connection is checked instead).
-        client.connect_ahead();
-        assert_eq!(relay_once(&client, &request).await, BROWSER, "turn {turn}");
+        pool.client.connect_ahead();
+        assert_eq!(
+            relay_once(&pool.client, &pool.request).await,
+            BROWSER,
+            "turn {turn}"
+        );
         // The next message of a conversation comes much later than the body's
         // end; give the background read time to see it.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    assert_eq!(pool.connections(), 1);
 }
 
 #[tokio::test]
 async fn a_connection_is_made_ahead_and_carries_the_next_request() {
-    let connections = Arc::new(AtomicUsize::new(0));
-    let url = upstream(connections.clone(), false).await;
-    let config = config(&url);
-    let client = InferenceClient::new(&config).unwrap();
+    let pool = Pool::new(false).await;
 
-    client.connect_ahead();
+    pool.client.connect_ahead();
     // Connected before any request exists, as while DynamoDB answers.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while connections.load(Ordering::SeqCst) == 0 {
+    while pool.connections() == 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "no connection made ahead"
@@ -167,46 +189,43 @@ async fn a_connection_is_made_ahead_and_carries_the_next_request() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // A second call while it is there makes no other.
-    client.connect_ahead();
-    assert_eq!(relay_once(&client, &request(&config)).await, BROWSER);
-    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    pool.client.connect_ahead();
+    assert_eq!(relay_once(&pool.client, &pool.request).await, BROWSER);
+    assert_eq!(pool.connections(), 1);
 }
 
 #[tokio::test]
 async fn a_kept_connection_the_upstream_closed_is_replaced() {
-    let connections = Arc::new(AtomicUsize::new(0));
-    let url = upstream(connections.clone(), true).await;
-    let config = config(&url);
-    let client = InferenceClient::new(&config).unwrap();
-    let request = request(&config);
+    let pool = Pool::new(true).await;
 
     for turn in 0..3 {
         if turn == 1 {
-            client.connect_ahead();
+            pool.client.connect_ahead();
         }
-        assert_eq!(relay_once(&client, &request).await, BROWSER, "turn {turn}");
+        assert_eq!(
+            relay_once(&pool.client, &pool.request).await,
+            BROWSER,
+            "turn {turn}"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    assert_eq!(connections.load(Ordering::SeqCst), 3);
+    assert_eq!(pool.connections(), 3);
 }
 
 #[tokio::test]
 async fn a_connection_made_ahead_that_the_upstream_closed_is_replaced() {
-    let connections = Arc::new(AtomicUsize::new(0));
-    let url = upstream(connections.clone(), true).await;
-    let config = config(&url);
-    let client = InferenceClient::new(&config).unwrap();
+    let pool = Pool::new(true).await;
 
     // Made for a request that was then refused; the next one comes after the
     // upstream's keep-alive timeout.
-    client.connect_ahead();
+    pool.client.connect_ahead();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    client.connect_ahead();
-    assert_eq!(relay_once(&client, &request(&config)).await, BROWSER);
+    pool.client.connect_ahead();
+    assert_eq!(relay_once(&pool.client, &pool.request).await, BROWSER);
     // Again, with the next request right behind the closed connection's check.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(relay_once(&client, &request(&config)).await, BROWSER);
-    assert_eq!(connections.load(Ordering::SeqCst), 3);
+    assert_eq!(relay_once(&pool.client, &pool.request).await, BROWSER);
+    assert_eq!(pool.connections(), 3);
 }
 
 #[tokio::test]
